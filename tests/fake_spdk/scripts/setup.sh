@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# fake SPDK scripts/setup.sh: "reserves" hugepages by writing a fake meminfo
+echo "fake-spdk: setup.sh HUGEMEM=${HUGEMEM:-} HUGENODE=${HUGENODE:-}"
+echo "0000:00:04.0 (8086 0953): nvme -> vfio-pci"
+if [[ -n ${FLAKEBOT_MEMINFO:-} && $FLAKEBOT_MEMINFO != /proc/* ]]; then
+	printf 'HugePages_Total:    1024\nHugePages_Free:     %s\n' "${FAKE_HUGEPAGES_FREE:-1024}" > "$FLAKEBOT_MEMINFO"
+fi

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The body of the fake restart tests: check the output_dir is fresh, pick this
+# iteration's outcome, print SPDK-format output via flakebot.sim.
+set -euo pipefail
+name=$1
+if [[ -z ${output_dir:-} || ! -d $output_dir ]]; then
+	echo "fake-spdk: output_dir missing: '${output_dir:-}'" >&2
+	exit 2
+fi
+if [[ -e $output_dir/timing.txt ]]; then
+	echo "fake-spdk: output_dir reused: $output_dir" >&2
+	exit 2
+fi
+IFS=, read -r -a outcomes <<< "${FAKE_SPDK_OUTCOME:-pass}"
+n=0
+if [[ -n ${FAKE_SPDK_STATE:-} ]]; then
+	counter=$FAKE_SPDK_STATE/count-$name
+	n=$(cat "$counter" 2> /dev/null || echo 0)
+	echo $((n + 1)) > "$counter"
+fi
+if ((n >= ${#outcomes[@]})); then
+	outcome=${outcomes[-1]}
+else
+	outcome=${outcomes[n]}
+fi
+echo "autotest;vfio_user_qemu;$name 1" > "$output_dir/timing.txt"
+if [[ $outcome == hang ]]; then
+	echo "fake-spdk: hanging"
+	if [[ -n ${FAKE_SPDK_STATE:-} ]]; then echo $$ > "$FAKE_SPDK_STATE/pid-$name"; fi
+	exec sleep 600
+fi
+exec "${FAKE_SPDK_PYTHON:-python3}" -m flakebot.sim --test "$name" --outcome "$outcome" --fmt plain \
+	--era "${FAKE_SPDK_ERA:-2024}" --seed "$n" --rc
