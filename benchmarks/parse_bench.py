@@ -1,0 +1,118 @@
+"""Benchmark flakebot.spdklog.parse_file against a bare line loop.
+
+    .venv/bin/python benchmarks/parse_bench.py --mb 200
+
+Writes a Jenkins-format log of about --mb MB to a temp file, made of restart-test
+iterations in the shapes of shared/spdk-logs/ (tests/logfixtures.py): per 20
+iterations 15 passes, 3 near misses (83 s), 2 timeouts (WARN style), nvme and
+virtio_blk alternating. Then, each in a fresh child process (best of --repeat):
+  bare:  for line in open(f, 'rb'): pass
+  parse: for run in parse_file(f): ...
+and prints a markdown table: CPU and wall seconds (CPU time is the figure to
+trust on a shared host), MiB/s, ratio, and the parse's peak RSS
+(ru_maxrss of the child via resource.getrusage(RUSAGE_CHILDREN); the generator's
+memory is in this process and does not count).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.logfixtures import LogBuilder  # noqa: E402
+
+PLAN = ["pass"] * 6 + ["slow"] + ["pass"] * 4 + ["timeout"] + ["pass"] * 5 + ["slow", "slow", "timeout"]
+TESTS = ["vfio_user_nvme_restart_vm", "vfio_user_virtio_blk_restart_vm"]
+
+BARE = """
+import sys, time
+t, c = time.perf_counter(), time.process_time()
+for line in open(sys.argv[1], 'rb'):
+    pass
+print(time.perf_counter() - t, time.process_time() - c, 0)
+"""
+
+PARSE = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from flakebot.spdklog import parse_file
+t, c = time.perf_counter(), time.process_time()
+n = 0
+for run in parse_file(sys.argv[1]):
+    n += 1
+print(time.perf_counter() - t, time.process_time() - c, n)
+"""
+
+
+def generate(path: Path, mb: float) -> tuple[int, int]:
+    """Write about mb MB; return (bytes, iterations)."""
+    target = int(mb * 1024 * 1024)
+    b = LogBuilder("2024", "jenkins")
+    n = size = 0
+    with open(path, "w", newline="\n") as f:
+        while size < target:
+            kind = PLAN[n % len(PLAN)]
+            test = TESTS[n % len(TESTS)]
+            if kind == "pass":
+                b.iteration(test, (3.0 + (n % 5) * 0.25, 3.05))
+            elif kind == "slow":
+                b.iteration(test, (83.2, 3.05))
+            else:
+                b.iteration(test, (4.05, 0), "timeout")
+            chunk = "\n".join(b.lines) + "\n"
+            b.lines.clear()
+            f.write(chunk)
+            size += len(chunk)
+            n += 1
+    return path.stat().st_size, n
+
+
+def child(code: str, path: Path) -> tuple[float, float, int]:
+    """Run code in a child; return (wall seconds, CPU seconds, runs)."""
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(ROOT)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1]), int(out[2])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=200.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--keep", help="write the log here instead of a temp file")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.keep) if args.keep else Path(tmp) / "bench.log"
+        t = time.perf_counter()
+        size, iters = generate(path, args.mb)
+        gen_s = time.perf_counter() - t
+        mb = size / 1024 / 1024
+        # parse first: ru_maxrss of children is a running max over all children
+        parse = [child(PARSE, path) for _ in range(args.repeat)]
+        rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        bare = [child(BARE, path) for _ in range(args.repeat)]
+        wb, cb = min(x[0] for x in bare), min(x[1] for x in bare)
+        wp, cp = min(x[0] for x in parse), min(x[1] for x in parse)
+        runs = parse[0][2]
+    print(f"log: {mb:.1f} MiB, {iters} iterations, {runs} runs parsed "
+          f"(generated in {gen_s:.1f} s); Python {platform.python_version()}, "
+          f"{platform.machine()}, {os.cpu_count()} CPUs; best of {args.repeat}\n")
+    print("| loop | CPU s | wall s | MiB/s (CPU) | ratio to bare (CPU) | ratio (wall) | peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| bare `for line in open(f, 'rb'): pass` | {cb:.3f} | {wb:.3f} | {mb / cb:.0f} | 1.00 | 1.00 | |")
+    print(f"| `parse_file(f)` | {cp:.3f} | {wp:.3f} | {mb / cp:.0f} | {cp / cb:.2f} | {wp / wb:.2f} "
+          f"| {rss_kib / 1024:.1f} MiB |")
+    ok = cp / cb <= 2.0 and rss_kib / 1024 <= 64
+    print(f"\ntarget (ratio <= 2, RSS <= 64 MiB): {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

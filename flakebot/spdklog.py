@@ -1,0 +1,746 @@
+"""SPDK console log -> Runs (model.Run). The one parser.
+
+Streaming, one pass, bounded memory. Public API::
+
+    parse_lines(lines, *, slow_threshold_s=DEFAULT_SLOW_THRESHOLD_S) -> Iterator[Run]
+    parse_file(path, *, slow_threshold_s=...) -> Iterator[Run]
+    parse_text(text, *, slow_threshold_s=...) -> list[Run]
+
+All three give the same Runs for the same content (tested). ``parse_file`` reads
+the file in binary blocks and only decodes the lines that can matter, which is
+what makes it fast; ``parse_lines`` takes any iterable of ``str`` or ``bytes``
+lines (one line per item, with or without ``\\n``/``\\r\\n``).
+
+Formats (SPDK.md): the three PS4 xtrace eras, the Jenkins timestamper prefix
+(``00:09:03.952  ``), the GitHub Actions prefix (``2026-09-17T03:25:48.5680391Z ``)
+or no prefix; ANSI colour codes; CRLF; stderr interleaved; logs crossing midnight.
+
+How a line is chosen: a line is looked at only if it contains one of ``NEEDLES``
+(a ``shut`` line only with ``VMs`` or ``vm_shutdown_all`` in it), or if the parser
+asked for the next few lines: all of them (``follow``: clocks for plain logs, the
+``ERROR:`` line after a ``====`` line) or those with a ``WATCHED`` substring
+(``watch``: ``START/END TEST`` within 4 lines after a banner line of stars,
+``timeo=N`` within 3 lines after the call or the Waiting line). So a banner is
+recognised as ``run_test`` prints it (a line of stars first), or when coloured.
+
+Decisions (documented in tests/test_spdklog.py as tables):
+
+* Runs are the innermost ``run_test`` tests. A test whose ``START TEST`` is
+  followed by another test's ``START TEST`` before its ``END TEST``, and which has
+  recorded no shutdown and no failure, is a wrapper (``vfio_user_qemu``) and is
+  never emitted. A ``START TEST`` after a test that failed (failure evidence) or
+  that already did shutdowns, or of the same name, ends that test instead.
+* Outcome: ``timeout`` if a shutdown timed out; else (END TEST seen) ``slow`` if
+  the worst wait >= slow_threshold_s, else ``pass``; else (no END TEST) ``infra``
+  for host-script rc 125, ``fail`` with failure evidence (backtrace, ``ERROR:``
+  block after a ``====`` line, ``err_clean``/``error_exit``, non-zero marker rc),
+  else ``infra`` (cut off). A failed iteration ends at the next START TEST, the
+  next iteration marker, or end of log.
+* Timeout evidence while a shutdown waits: ``WARN: Not all VMs were shut down``
+  (2024-06+); ``err_clean``/``error_exit vm_shutdown_all <line>`` or a backtrace
+  frame ``-> vm_shutdown_all(`` (pre-June 2024: ``(( timeo -= 1 ))`` hit zero
+  under errexit); the old ``ERROR: Timeout waiting for some VMs to shutdown`` /
+  ``VMs were NOT shutdown properly`` messages; any other failure evidence once
+  the wait has lasted >= limit - 1 s (the counter cannot run out sooner).
+* Our markers ``FLAKEBOT-ITERATION-START test= iteration= run_id=`` /
+  ``FLAKEBOT-ITERATION-END test= iteration= rc=`` (jobs/run-restart-tests.sh):
+  they give the iteration number and rc. The iteration's Run is the banner test
+  of the same name inside it, or, if the host script printed no banner, the
+  marker pair itself (then rc 0 counts as passed). END marker without END TEST:
+  ``fail`` for rc != 0, ``infra`` for rc 125 (or rc 0: the log lost the END TEST).
+  START marker without END marker (at end of log, or before the next START
+  marker): ``infra``, unless a shutdown timed out (``timeout``) or END TEST was
+  seen (``pass``/``slow``, rc None). A run that saw END TEST keeps its pass/slow
+  outcome whatever the rc (the rc is recorded).
+* rc: from the END marker; 0 when END TEST was seen without markers; else None.
+* Clocks, finest first: GitHub Actions prefix (100 ns), Jenkins elapsed prefix
+  (1 ms), xtrace wall clock (1 s). A message line with no clock of its own takes
+  the clock of the next xtrace line (within ``_CLOCK_FOLLOW`` lines; else the
+  last one seen): waits measured this way are good to about +-1 s. The xtrace
+  clock is unwrapped across midnight (a jump back of more than 12 h is a new day).
+* Shutdown: one per ``vm_shutdown_all`` xtrace call line, call site
+  ``<calling script basename>@<line>``, limit from ``timeo=N`` seen within 3
+  lines after the call or after ``Waiting for VMs``, else the call argument,
+  else 90. waited_s runs from ``Waiting for VMs to shutdown...`` to ``All VMs
+  successfully shut down`` or to the timeout evidence; None if the log ends
+  (or the test fails otherwise) before either.
+* Duration: prefix clocks START TEST -> END TEST; else ``(in Ns)``; else xtrace
+  clocks. For runs without END TEST, up to the last line seen in the run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from typing import IO, Iterable, Iterator, Optional, Union
+
+from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, Outcome, Run, Shutdown
+
+__all__ = ["parse_lines", "parse_file", "parse_text", "NEEDLES"]
+
+# A line is interesting iff it contains one of these (plus follow-up lines the
+# parser asks for). Kept few and long: each is one C-speed scan of the file.
+NEEDLES: tuple[str, ...] = (
+    "*" * 20,  # run_test banner lines; START/END TEST is watched for in the next 4 lines
+    "shut",  # with "VMs" or "vm_shutdown_all" in the same line (see _SHUT_ALSO):
+    # the call, Waiting for VMs / All VMs successfully / Not all VMs / old timeout
+    # messages, err_clean vm_shutdown_all, backtrace frames
+    "==========",  # backtrace banner, error() block separator
+    "FLAKEBOT-ITERATION-",  # our markers
+    "\x1b",  # ANSI: strip, then look again
+)
+_SHUT_ALSO = ("VMs", "vm_shutdown_all")
+_NEEDLES_B = tuple(n.encode() for n in NEEDLES)
+_SHUT_B = b"shut"
+_SHUT_ALSO_B = tuple(n.encode() for n in _SHUT_ALSO)
+# A watched line (see _Parser.watch) is fed if it contains one of these.
+WATCHED: tuple[str, str] = ("timeo=", "TEST")
+_W0, _W1 = WATCHED
+_W0B, _W1B = (w.encode() for w in WATCHED)
+
+_CLOCK_FOLLOW = 8  # lines to look ahead for an xtrace clock
+_LIMIT_FOLLOW = 3  # lines after the call / Waiting to look for timeo=N
+_MAX_STACK = 32
+_MAX_LINE = 1 << 20  # a "line" longer than this is cut (binary junk)
+_BLOCK = 1 << 20
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+_PREFIX = re.compile(
+    r"(?:(\d{1,6}):(\d\d):(\d\d)\.(\d{3})  "
+    r"|(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z ?)"
+)
+_XTRACE = re.compile(
+    r"[+ ]*(\d\d):(\d\d):(\d\d)[\t ]+(?:\S+ +)?-- (\S+)@(\d+)(?: -- [#$] ?|: ?)(.*)"
+)
+_BANNER = re.compile(r"\s*(START|END) TEST (\S{1,200})(?: \(in (\d{1,9}(?:\.\d{1,9})?)s\))?\s*$")
+_MARKER = re.compile(r"FLAKEBOT-ITERATION-(START|END)((?:\s+\w+=\S*)*)")
+_KV = re.compile(r"(\w+)=(\S*)")
+_CALL = re.compile(r"vm_shutdown_all(?:\s+(\d{1,9}))?\s*$")
+_TIMEO = re.compile(r"(?:local\s+)?timeo=(\d{1,9})")
+_TRAP = re.compile(r"(err_clean|error_exit)\s+(\S+)")
+_FRAME_IN_SHUTDOWN = re.compile(r"->\s*vm_shutdown_all\(")
+
+_TIMEOUT_MSGS = (
+    "Not all VMs were shut down",
+    "Timeout waiting for some VMs to shutdown",
+    "VMs were NOT shutdown properly",
+)
+
+
+# int() is slow; clock fields are looked up instead
+_N2 = {f"{i:02d}": i for i in range(100)}
+_MS = {f"{i:03d}": i / 1000.0 for i in range(1000)}
+
+
+def _diff(a: Optional[list], b: Optional[list]) -> Optional[float]:
+    """Seconds from time a to time b, each [prefix_clock, xtrace_clock]."""
+    if a is None or b is None:
+        return None
+    if a[0] is not None and b[0] is not None:
+        return round(max(0.0, b[0] - a[0]), 7)
+    if a[1] is not None and b[1] is not None:
+        return float(max(0, b[1] - a[1]))
+    return None
+
+
+class _Wait:
+    """One vm_shutdown_all call being followed."""
+
+    __slots__ = ("site", "limit", "limit_set", "start", "end", "timed_out", "done")
+
+    def __init__(self, site: str, arg_limit: Optional[int]):
+        self.site = site
+        self.limit = arg_limit if arg_limit is not None else DEFAULT_LIMIT_S
+        self.limit_set = False  # a timeo=N line seen
+        self.start: Optional[list] = None  # Waiting for VMs
+        self.end: Optional[list] = None
+        self.timed_out = False
+        self.done = False
+
+    def shutdown(self) -> Shutdown:
+        waited = _diff(self.start, self.end) if (self.done or self.timed_out) else None
+        return Shutdown(self.site, waited, int(self.limit), self.timed_out)
+
+
+class _Run:
+    __slots__ = (
+        "test", "iteration", "start", "last", "end", "ended", "in_s", "rc",
+        "evidence", "waits", "cur", "wrapper", "marker", "banner", "frame",
+    )
+
+    def __init__(self, test: str, iteration: int, start: list, marker: bool = False):
+        self.test = test
+        self.iteration = iteration
+        self.start = start
+        self.last = start
+        self.end: Optional[list] = None
+        self.ended = False
+        self.in_s: Optional[float] = None
+        self.rc: Optional[int] = None
+        self.evidence = ""
+        self.waits: list[_Wait] = []
+        self.cur: Optional[_Wait] = None
+        self.wrapper = False
+        self.marker = marker  # the implicit run of a marker frame
+        self.banner = not marker  # a START TEST banner opened it
+        self.frame = None
+
+    def active(self) -> bool:
+        return bool(self.waits) or bool(self.evidence)
+
+
+class _Frame:
+    __slots__ = ("test", "iteration", "run", "others")
+
+    def __init__(self, test: str, iteration: int, run: _Run):
+        self.test = test
+        self.iteration = iteration
+        self.run = run
+        self.others: list[_Run] = []  # non-wrapper banner runs of other names inside
+
+
+class _Parser:
+    def __init__(self, slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S):
+        self.slow = float(slow_threshold_s)
+        # The drivers (parse_lines, _scan_block) count these down, one per line
+        # after the line that set them, and feed such lines even if they
+        # contain no needle: all of them (follow) or those with a WATCHED
+        # substring (watch).
+        self.follow = 0
+        self.watch = 0
+        self.after_banner = False
+        self.out: list[Run] = []
+        self.stack: list[_Run] = []
+        self.frame: Optional[_Frame] = None
+        self.counts: dict[str, int] = {}
+        self.pending: list[list] = []  # times waiting for the next xtrace clock
+        self.x_off = 0
+        self.x_raw: Optional[int] = None
+        self.x_last: Optional[int] = None
+        self._days: dict[tuple, float] = {}
+        self._day0: Optional[int] = None
+
+    # ----------------------------------------------------------------- lines
+    def stars(self) -> None:
+        """A banner line of stars (no ANSI in it): START/END TEST should follow
+        within 4 lines, unless this is the closing line of a banner."""
+        if self.after_banner:
+            self.after_banner = False
+        elif self.watch < 4:
+            self.watch = 4
+
+    def feed(self, line: str) -> None:
+        if _STARS in line and "\x1b" not in line:
+            self.stars()
+            return
+        self.after_banner = False
+        if len(line) > _MAX_LINE:
+            line = line[:_MAX_LINE]
+        line = line.rstrip("\r\n")
+        if "\x1b" in line:
+            line = _ANSI.sub("", line).replace("\x1b", "")
+        p = None
+        m = _PREFIX.match(line)
+        if m:
+            rest = line[m.end():]
+            g = m.groups()
+            if g[0] is not None:
+                h = _N2.get(g[0])
+                if h is None:
+                    h = int(g[0])
+                p = h * 3600 + _N2[g[1]] * 60 + _N2[g[2]] + _MS[g[3]]
+            else:
+                key = g[4:7]
+                day = self._days.get(key)
+                if day is None:
+                    try:
+                        o = _dt.date(int(key[0]), int(key[1]), int(key[2])).toordinal()
+                    except ValueError:
+                        o = 0
+                    if self._day0 is None:
+                        self._day0 = o  # keep values small: float keeps the 100 ns
+                    day = (o - self._day0) * 86400.0
+                    if len(self._days) > 64:
+                        self._days.clear()
+                    self._days[key] = day
+                frac = g[10]
+                p = (day + (_N2[g[7]] * 3600 + _N2[g[8]] * 60 + _N2[g[9]])
+                     + (int(frac) / 10 ** len(frac) if frac else 0.0))
+        else:
+            rest = line
+        x = None
+        cmd = None
+        src = None
+        if rest[:1] in (" ", "+", "\t"):
+            xm = _XTRACE.match(rest)
+            if xm:
+                xg = xm.groups()
+                raw = _N2[xg[0]] * 3600 + _N2[xg[1]] * 60 + _N2[xg[2]]
+                if self.x_raw is not None and raw < self.x_raw - 43200:
+                    self.x_off += 86400
+                self.x_raw = raw
+                x = raw + self.x_off
+                self.x_last = x
+                cmd = xg[5]
+                src = xg[3:5]
+                if self.pending:
+                    for tm in self.pending:
+                        tm[1] = x
+                    self.pending.clear()
+        tm = [p, x]
+        if cmd is not None:
+            self._xtrace(cmd, src, tm)
+            return
+        body = rest.strip()
+        if not body:
+            return
+        if body.startswith(_STARS):
+            self.stars()
+            return
+        if "FLAKEBOT-ITERATION-" in body:
+            mm = _MARKER.search(body)
+            if mm:
+                self._marker(mm, self._clock(tm))
+            return
+        if "TEST" in body:
+            bm = _BANNER.match(body)
+            if bm:
+                self.watch = 0
+                self.after_banner = True
+                if bm.group(1) == "START":
+                    self._start_test(bm.group(2), self._clock(tm))
+                else:
+                    self._end_test(bm.group(2), bm.group(3), self._clock(tm))
+                return
+        run = self.stack[-1] if self.stack else None
+        if run is None:
+            return
+        if "VMs" in body:
+            w = run.cur
+            if "Waiting for VMs to shutdown" in body:
+                if w is None or w.start is not None:
+                    # no call line seen for this wait (xtrace off?)
+                    w = run.cur = _Wait("?", None)
+                    run.waits.append(w)
+                w.start = self._clock(tm)
+                run.last = w.start
+                if not w.limit_set:  # pre-2024 code sets timeo after this line
+                    self.watch = max(self.watch, _LIMIT_FOLLOW)
+                return
+            if w is not None and w.start is not None and not w.done and not w.timed_out:
+                if "All VMs successfully shut down" in body:
+                    w.end = self._clock(tm)
+                    w.done = True
+                    run.last = w.end
+                    run.cur = None
+                    return
+                for msg in _TIMEOUT_MSGS:
+                    if msg in body:
+                        self._timeout(run, w, tm)
+                        return
+            return
+        if "==========" in body:
+            low = body.lower()
+            if "backtrace start" in low:
+                self._evidence(run, "backtrace", tm, shutdown_hint=False)
+            else:
+                self.follow = max(self.follow, 2)  # error() block: ERROR: on the next line
+            return
+        if body.startswith(("ERROR:", "FAIL:")):
+            self._evidence(run, body[:80], tm, shutdown_hint=False)
+            return
+        if "vm_shutdown_all" in body and _FRAME_IN_SHUTDOWN.search(body):
+            self._evidence(run, "backtrace in vm_shutdown_all", tm, shutdown_hint=True)
+            return
+
+    def _clock(self, tm: list) -> list:
+        """tm, registered to get the next xtrace clock if it has no clock."""
+        if tm[0] is None and tm[1] is None:
+            self.pending.append(tm)
+            self.follow = max(self.follow, _CLOCK_FOLLOW)
+        return tm
+
+    def _now(self, tm: list) -> list:
+        """Best immediate estimate of tm (last xtrace clock if it has none)."""
+        if tm[0] is None and tm[1] is None:
+            return [None, self.x_last]
+        return tm
+
+    # --------------------------------------------------------------- xtrace
+    def _xtrace(self, cmd: str, src: tuple, tm: list) -> None:
+        run = self.stack[-1] if self.stack else None
+        if run is None:
+            return
+        run.last = tm
+        if cmd.startswith("vm_shutdown_all"):
+            cm = _CALL.match(cmd)
+            if cm:
+                script = src[0].rsplit("/", 1)[-1]
+                w = _Wait(f"{script}@{src[1]}", int(cm.group(1)) if cm.group(1) else None)
+                run.waits.append(w)
+                run.cur = w
+                self.watch = max(self.watch, _LIMIT_FOLLOW)
+            return
+        if "timeo=" in cmd:
+            w = run.cur
+            lm = _TIMEO.match(cmd)
+            if lm and w is not None and not w.limit_set and not w.done and not w.timed_out:
+                w.limit = int(lm.group(1))
+                w.limit_set = True
+                self.watch = 0
+            return
+        if cmd.startswith(("err_clean", "error_exit")):
+            tr = _TRAP.match(cmd)
+            if tr:
+                self._evidence(run, f"{tr.group(1)} {tr.group(2)}", tm,
+                               shutdown_hint=tr.group(2) == "vm_shutdown_all")
+
+    def _timeout(self, run: _Run, w: _Wait, tm: list) -> None:
+        w.end = self._clock(tm)
+        w.timed_out = True
+        run.cur = None
+        run.last = w.end
+        if not run.evidence:
+            run.evidence = "vm_shutdown_all timed out"
+
+    def _evidence(self, run: _Run, why: str, tm: list, shutdown_hint: bool) -> None:
+        w = run.cur
+        timed = False
+        if w is not None and w.start is not None and not w.done and not w.timed_out:
+            el = _diff(w.start, self._now(tm))
+            if shutdown_hint or (el is not None and el >= w.limit - 1):
+                self._timeout(run, w, tm)  # the loop counter ran out (pre-June 2024)
+                timed = True
+        if not run.evidence:
+            run.evidence = why
+        if not timed:
+            run.last = self._now(tm)
+
+    # ---------------------------------------------------------- run banners
+    def _start_test(self, name: str, tm: list) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        fr = self.frame
+        self._end_open_runs(name)
+        # every open banner test around this one is a wrapper
+        for r in self.stack:
+            if not r.marker and not r.active():
+                r.wrapper = True
+        if fr is not None and name == fr.test and not fr.run.banner and fr.run in self.stack:
+            r = fr.run  # the marker iteration's own test: bind it
+            r.banner = True
+            r.start = tm
+            r.last = tm
+            self.stack.remove(r)
+            self.stack.append(r)
+            return
+        run = _Run(name, self.counts[name], tm)
+        run.frame = fr
+        self.stack.append(run)
+        if len(self.stack) > _MAX_STACK:
+            del self.stack[0]
+
+    def _end_open_runs(self, name: Optional[str]) -> None:
+        """A new test or iteration starts: open tests that failed or did
+        shutdowns (or have the same name) end here; the rest are wrappers."""
+        while self.stack:
+            r = self.stack[-1]
+            if r.marker or r.wrapper:
+                break
+            if r.active() or r.test == name or r.cur is not None:
+                self.stack.pop()
+                self._finish(r)
+                continue
+            break
+
+    def _end_test(self, name: str, in_s: Optional[str], tm: list) -> None:
+        for i in range(len(self.stack) - 1, -1, -1):
+            r = self.stack[i]
+            if r.test == name and (r.banner or not r.marker):
+                break
+        else:
+            return
+        inner = self.stack[i + 1:]
+        del self.stack[i:]
+        for r2 in reversed(inner):
+            self._finish(r2)
+        r.ended = True
+        r.end = tm
+        r.last = tm
+        if in_s is not None:
+            r.in_s = float(in_s)
+        if r.wrapper:
+            return
+        if r.marker:
+            return  # wait for the END marker's rc
+        if r.rc is None:
+            r.rc = 0
+        fr = r.frame
+        if fr is not None and fr is self.frame:
+            fr.others.append(r)
+        self._finish(r)
+
+    # --------------------------------------------------------------- markers
+    def _marker(self, mm: re.Match, tm: list) -> None:
+        kv = dict(_KV.findall(mm.group(2) or ""))
+        test = kv.get("test", "")
+        try:
+            it = int(kv.get("iteration", "0"))
+        except ValueError:
+            it = 0
+        if mm.group(1) == "START":
+            self._close_frame(None)
+            self._end_open_runs(None)
+            if not test:
+                return
+            r = _Run(test, it if it > 0 else self.counts.get(test, 0) + 1, tm, marker=True)
+            fr = _Frame(test, r.iteration, r)
+            r.frame = fr
+            self.frame = fr
+            self.stack.append(r)
+        else:
+            rc: Optional[int]
+            try:
+                rc = int(kv.get("rc", ""))
+            except ValueError:
+                rc = None
+            fr = self.frame
+            if fr is None or (test and test != fr.test):
+                return
+            self._close_frame(rc, tm)
+
+    def _close_frame(self, rc: Optional[int], tm: Optional[list] = None) -> None:
+        """End the open marker frame: rc None means no END marker (cut off)."""
+        fr = self.frame
+        if fr is None:
+            return
+        self.frame = None
+        r = fr.run
+        # everything opened inside the frame ends with it
+        inside = [x for x in self.stack if x.frame is fr]
+        self.stack = [x for x in self.stack if x.frame is not fr]
+        others = [x for x in inside if x is not r and not x.wrapper]
+        if rc is None:
+            for x in others:
+                x.rc = None
+                self._finish(x, cut_marker=True)
+            if r.banner or not fr.others or r.active():
+                self._finish(r, cut_marker=True)
+            return
+        if tm is not None and not r.ended:
+            r.last = tm
+        if not r.banner and not r.active() and (others or fr.others):
+            # the host script's test name did not match any banner: the rc
+            # belongs to the last banner run of the iteration
+            if others:
+                last = others[-1]
+                for x in others[:-1]:
+                    self._finish(x)
+                last.rc = rc
+                self._finish(last)
+            return
+        for x in others:
+            self._finish(x)
+        r.rc = rc
+        if not r.banner and rc == 0:
+            r.ended = True  # no banner: the script's rc is the result
+            r.end = tm
+        self._finish(r)
+
+    # ------------------------------------------------------------ finishing
+    def _finish(self, r: _Run, cut_marker: bool = False) -> None:
+        if r.wrapper:
+            return
+        # times still waiting for a clock get the last one, provisionally
+        # (the next xtrace line overwrites them; they may belong to a later run)
+        for tm in self.pending:
+            tm[1] = self.x_last
+        shutdowns = [w.shutdown() for w in r.waits]
+        timed = any(s.timed_out for s in shutdowns)
+        reason = ""
+        if timed:
+            outcome = Outcome.TIMEOUT
+            reason = next((f"vm_shutdown_all timed out at {s.call_site}" for s in shutdowns if s.timed_out), "")
+        elif r.ended:
+            worst = max((s.waited_s for s in shutdowns if s.waited_s is not None), default=None)
+            outcome = Outcome.SLOW if worst is not None and worst >= self.slow else Outcome.PASS
+        elif cut_marker:
+            outcome, reason = Outcome.INFRA, "cut off: no FLAKEBOT-ITERATION-END"
+        elif r.rc == 125:
+            outcome, reason = Outcome.INFRA, "host script infra rc 125"
+        elif r.rc == 0 and r.marker:
+            outcome, reason = Outcome.INFRA, "rc 0 but no END TEST in the log"
+        elif r.evidence or (r.rc is not None and r.rc != 0):
+            outcome, reason = Outcome.FAIL, r.evidence or f"rc {r.rc}"
+        else:
+            outcome, reason = Outcome.INFRA, "cut off: no END TEST and no failure"
+        if r.ended and r.end is not None:
+            dur = _diff(r.start, r.end)
+            if r.in_s is not None and (dur is None or r.start[0] is None or r.end[0] is None):
+                dur = r.in_s
+        else:
+            dur = _diff(r.start, r.last)
+        self.out.append(Run(
+            test=r.test, iteration=r.iteration, outcome=outcome, rc=r.rc,
+            shutdowns=shutdowns, duration_s=dur, reason=reason,
+        ))
+
+    def close(self) -> None:
+        self._close_frame(None)
+        while self.stack:
+            self._finish(self.stack.pop())
+
+
+_STARS = "*" * 20
+_STARS_B = _STARS.encode()
+
+
+def _is_candidate(line: str) -> bool:
+    return (_STARS in line or ("shut" in line and ("VMs" in line or "vm_shutdown_all" in line))
+            or "==========" in line or "FLAKEBOT-ITERATION-" in line or "\x1b" in line)
+
+
+assert NEEDLES == (_STARS, "shut", "==========", "FLAKEBOT-ITERATION-", "\x1b")
+
+
+def parse_lines(lines: Iterable[Union[str, bytes]], *,
+                slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S) -> Iterator[Run]:
+    """Yield each Run as soon as it is complete. Lines may be str or bytes."""
+    p = _Parser(slow_threshold_s)
+    out = p.out
+    for line in lines:
+        if type(line) is not str:
+            if isinstance(line, (bytes, bytearray, memoryview)):
+                line = bytes(line).decode("utf-8", "replace")
+            else:
+                line = str(line)
+        f = p.follow
+        w = p.watch
+        if f or w:
+            if f:
+                p.follow = f - 1
+            if w:
+                p.watch = w - 1
+            if not (f or (w and (_W0 in line or _W1 in line)) or _is_candidate(line)):
+                continue
+        elif not _is_candidate(line):
+            continue
+        p.feed(line)
+        if out:
+            yield from out
+            out.clear()
+    p.close()
+    yield from out
+    out.clear()
+
+
+def parse_text(text: Union[str, bytes], *,
+               slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S) -> list[Run]:
+    """All Runs of a whole log given as one string (or bytes)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return list(parse_lines(lines, slow_threshold_s=slow_threshold_s))
+
+
+def parse_file(path_or_file: Union[str, "os.PathLike[str]", IO[bytes]], *,
+               slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S) -> Iterator[Run]:
+    """Yield the Runs of a log file, read in binary and decoded with
+    errors='replace'. Same results as parse_lines over the file's lines, faster:
+    it scans 1 MiB blocks for NEEDLES with bytes.find and decodes only those lines."""
+    if hasattr(path_or_file, "read"):
+        yield from _parse_stream(path_or_file, slow_threshold_s)
+        return
+    with open(path_or_file, "rb") as f:
+        yield from _parse_stream(f, slow_threshold_s)
+
+
+def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
+    p = _Parser(slow_threshold_s)
+    out = p.out
+    carry = b""
+    while True:
+        block = f.read(_BLOCK)
+        if not block:
+            break
+        if carry:
+            block = carry + block
+        end = block.rfind(b"\n") + 1
+        if end == 0:
+            if len(block) > _MAX_LINE * 4:
+                # a giant "line" (binary junk): treat what we have as one line
+                _scan_block(p, block + b"\n", len(block) + 1)
+                carry = b""
+            else:
+                carry = block
+            continue
+        carry = block[end:]
+        _scan_block(p, block, end)
+        if out:
+            yield from out
+            out.clear()
+    if carry:
+        _scan_block(p, carry + b"\n", len(carry) + 1)
+    p.close()
+    yield from out
+    out.clear()
+
+
+def _scan_block(p: _Parser, buf: bytes, end: int) -> None:
+    """Feed p the candidate lines of buf[:end] (whole lines) in order, plus
+    the follow-up lines it asks for. Same line choice as parse_lines."""
+    lines: dict[int, int] = {}  # start -> end of each candidate line
+    find = buf.find
+    rfind = buf.rfind
+    for nd in _NEEDLES_B:
+        i = find(nd, 0, end)
+        if nd == _SHUT_B:
+            a, b = _SHUT_ALSO_B
+            while i >= 0:
+                s = rfind(b"\n", 0, i) + 1
+                e = find(b"\n", i, end)
+                if find(a, s, e) >= 0 or find(b, s, e) >= 0:
+                    lines[s] = e
+                i = find(nd, e + 1, end)
+            continue
+        while i >= 0:
+            e = find(b"\n", i, end)
+            lines[rfind(b"\n", 0, i) + 1] = e
+            i = find(nd, e + 1, end)
+    pos = 0
+    feed = p.feed
+    for s in sorted(lines):
+        if s < pos:
+            continue
+        if p.follow or p.watch:
+            pos = _walk(p, buf, pos, s)
+        e = lines[s]
+        if p.follow:
+            p.follow -= 1
+        if p.watch:
+            p.watch -= 1
+        pos = e + 1
+        if find(_STARS_B, s, e) >= 0 and find(b"\x1b", s, e) < 0:
+            p.stars()  # what feed() does with it, without decoding it
+            continue
+        feed(buf[s:e].decode("utf-8", "replace"))
+    if p.follow or p.watch:
+        _walk(p, buf, pos, end)
+
+
+def _walk(p: _Parser, buf: bytes, pos: int, stop: int) -> int:
+    """Lines from pos up to stop (no needle in them) while the parser follows
+    or watches; returns where it stopped."""
+    find = buf.find
+    while pos < stop and (p.follow or p.watch):
+        e = find(b"\n", pos, stop)
+        f = p.follow
+        w = p.watch
+        if f:
+            p.follow = f - 1
+        if w:
+            p.watch = w - 1
+        if f or (w and (find(_W0B, pos, e) >= 0 or find(_W1B, pos, e) >= 0)):
+            p.feed(buf[pos:e].decode("utf-8", "replace"))
+        pos = e + 1
+    return pos
