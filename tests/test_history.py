@@ -1,7 +1,6 @@
 """History tests, against small throwaway git repositories (tests/gitrepo.py)."""
 from __future__ import annotations
 
-import time
 from unittest import mock
 
 import git
@@ -231,7 +230,7 @@ def test_fetch(tmp_path, repo):
         h.fetch("nowhere")
 
 
-def test_range_is_one_git_call_and_fast(tmp_path):
+def test_range_is_one_git_log_call(tmp_path):
     shas = make_repo(tmp_path, 300, merges_at=(50, 150), side_commits=1)
     h = History(tmp_path)
     calls = []
@@ -241,13 +240,11 @@ def test_range_is_one_git_call_and_fast(tmp_path):
         calls.append(command)
         return real(self, command, *a, **kw)
 
+    # Speed comes from not spawning git per commit (timing is for benchmarks).
     with mock.patch.object(git.Git, "execute", counting):
-        t0 = time.monotonic()
         commits = h.first_parent_range(shas[0], shas[-1])
-        elapsed = time.monotonic() - t0
     assert [c.sha for c in commits] == shas[1:]
     assert len(calls) <= 3  # two rev-parse + one log
-    assert elapsed < 5
 
 
 def test_docstring_examples_run():

@@ -72,13 +72,6 @@ def test_does_not_sleep_or_use_global_random(monkeypatch):
     assert len(_lines(n=5, b=Behaviour(1.0, 0.0))) > 5 * 350
 
 
-def test_fast_enough():
-    t0 = time.perf_counter()
-    n = sum(1 for _ in console_lines(NVME, SHA, 300, behaviour=Behaviour(0.1, 0.2), rng_seed=1))
-    assert n > 300 * 90
-    assert time.perf_counter() - t0 < 10  # ~0.5 s on a laptop
-
-
 # ------------------------------------------------------------------ rates and durations
 
 
