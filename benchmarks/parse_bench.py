@@ -12,6 +12,12 @@ and prints a markdown table: CPU and wall seconds (CPU time is the figure to
 trust on a shared host), MiB/s, ratio, and the parse's peak RSS
 (ru_maxrss of the child via resource.getrusage(RUSAGE_CHILDREN); the generator's
 memory is in this process and does not count).
+
+    .venv/bin/python benchmarks/parse_bench.py --mb 5 --instructions
+
+counts instructions instead (valgrind --tool=cachegrind, user space, minus the
+same child with nothing to do): slow (~50x), so use a few MB, but it does not
+move with the load on a shared host the way CPU seconds do.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +46,19 @@ t, c = time.perf_counter(), time.process_time()
 for line in open(sys.argv[1], 'rb'):
     pass
 print(time.perf_counter() - t, time.process_time() - c, 0)
+"""
+
+# what BARE and PARSE do besides the loop (start-up, imports): subtracted
+BARE_BASE = """
+import sys, time
+print(0, 0, 0)
+"""
+
+PARSE_BASE = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from flakebot.spdklog import parse_file
+print(0, 0, 0)
 """
 
 PARSE = """
@@ -83,18 +103,43 @@ def child(code: str, path: Path) -> tuple[float, float, int]:
     return float(out[0]), float(out[1]), int(out[2])
 
 
+def instructions(code: str, path: Path) -> int:
+    """User-space instructions of a child running code (valgrind cachegrind)."""
+    out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                          "--cachegrind-out-file=/dev/null", sys.executable, "-c", code,
+                          str(path), str(ROOT)], check=True, capture_output=True, text=True).stderr
+    for line in out.splitlines():
+        if "I   refs:" in line or "I refs:" in line:
+            return int(line.split(":")[-1].replace(",", "").strip())
+    raise RuntimeError("no instruction count in valgrind output:\n" + out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=200.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="write the log here instead of a temp file")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions under valgrind instead of timing")
     args = ap.parse_args()
+    if args.instructions and not shutil.which("valgrind"):
+        ap.error("--instructions needs valgrind")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.keep) if args.keep else Path(tmp) / "bench.log"
         t = time.perf_counter()
         size, iters = generate(path, args.mb)
         gen_s = time.perf_counter() - t
         mb = size / 1024 / 1024
+        if args.instructions:
+            ib = instructions(BARE, path) - instructions(BARE_BASE, path)
+            ip = instructions(PARSE, path) - instructions(PARSE_BASE, path)
+            print(f"log: {mb:.1f} MiB, {iters} iterations; Python {platform.python_version()}, "
+                  f"{platform.machine()}; valgrind cachegrind, minus the same child without the loop\n")
+            print("| loop | instructions (M) | per byte | ratio to bare |")
+            print("|---|---:|---:|---:|")
+            print(f"| bare `for line in open(f, 'rb'): pass` | {ib / 1e6:.1f} | {ib / size:.1f} | 1.00 |")
+            print(f"| `parse_file(f)` | {ip / 1e6:.1f} | {ip / size:.1f} | {ip / ib:.2f} |")
+            return
         # parse first: ru_maxrss of children is a running max over all children
         parse = [child(PARSE, path) for _ in range(args.repeat)]
         rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -17,8 +17,10 @@ or no prefix; ANSI colour codes; CRLF; stderr interleaved; logs crossing midnigh
 
 How a line is chosen: a line is looked at only if it contains one of ``NEEDLES``
 (a ``shut`` line only with ``VMs`` or ``vm_shutdown_all`` in it), or if the parser
-asked for the next few lines: all of them (``follow``: clocks for plain logs, the
-``ERROR:`` line after a ``====`` line) or those with a ``WATCHED`` substring
+asked for the next few lines: all of them (``follow``: the ``ERROR:`` line after a
+``====`` line; ``clock``: after a line without a clock of its own, up to and
+including the next xtrace line, at most ``_CLOCK_FOLLOW`` lines) or those with a
+``WATCHED`` substring
 (``watch``: ``START/END TEST`` within 4 lines after a banner line of stars,
 ``timeo=N`` within 3 lines after the call or the Waiting line). So a banner is
 recognised as ``run_test`` prints it (a line of stars first), or when coloured.
@@ -70,6 +72,7 @@ Decisions (documented in tests/test_spdklog.py as tables):
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 from typing import IO, Iterable, Iterator, Optional, Union
 
@@ -90,6 +93,7 @@ NEEDLES: tuple[str, ...] = (
 )
 _SHUT_ALSO = ("VMs", "vm_shutdown_all")
 _NEEDLES_B = tuple(n.encode() for n in NEEDLES)
+_OTHER_B = _NEEDLES_B[2:]  # after stars and shut; ESC last
 _SHUT_B = b"shut"
 _SHUT_ALSO_B = tuple(n.encode() for n in _SHUT_ALSO)
 # A watched line (see _Parser.watch) is fed if it contains one of these.
@@ -104,10 +108,9 @@ _MAX_LINE = 1 << 20  # a "line" longer than this is cut (binary junk)
 _BLOCK = 1 << 20
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
-_PREFIX = re.compile(
-    r"(?:(\d{1,6}):(\d\d):(\d\d)\.(\d{3})  "
-    r"|(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z ?)"
-)
+_JPREFIX = re.compile(r"(\d{1,6}):(\d\d):(\d\d)\.(\d{3})  ")  # Jenkins timestamper
+_GPREFIX = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z ?")  # GHA
+_XSTART = (" ", "+", "\t")
 _XTRACE = re.compile(
     r"[+ ]*(\d\d):(\d\d):(\d\d)[\t ]+(?:\S+ +)?-- (\S+)@(\d+)(?: -- [#$] ?|: ?)(.*)"
 )
@@ -203,9 +206,11 @@ class _Parser:
         self.slow = float(slow_threshold_s)
         # The drivers (parse_lines, _scan_block) count these down, one per line
         # after the line that set them, and feed such lines even if they
-        # contain no needle: all of them (follow) or those with a WATCHED
-        # substring (watch).
+        # contain no needle: all of them (follow, clock) or those with a
+        # WATCHED substring (watch). clock drops to 0 as soon as an xtrace
+        # line has given the pending times their clock.
         self.follow = 0
+        self.clock = 0
         self.watch = 0
         self.after_banner = False
         self.out: list[Run] = []
@@ -229,27 +234,38 @@ class _Parser:
             self.watch = 4
 
     def feed(self, line: str) -> None:
-        if _STARS in line and "\x1b" not in line:
+        # the hot path: kept to few operations (see docs/benchmarks/parse.md)
+        if "\x1b" in line:
+            self.after_banner = False
+            if len(line) > _MAX_LINE:
+                line = line[:_MAX_LINE]
+            line = line.rstrip("\r\n")
+            if "\x1b" in line:
+                line = _ANSI.sub("", line).replace("\x1b", "")
+        elif _STARS in line:
             self.stars()
             return
-        self.after_banner = False
-        if len(line) > _MAX_LINE:
-            line = line[:_MAX_LINE]
-        line = line.rstrip("\r\n")
-        if "\x1b" in line:
-            line = _ANSI.sub("", line).replace("\x1b", "")
+        else:
+            self.after_banner = False
+            if len(line) > _MAX_LINE:
+                line = line[:_MAX_LINE]
+            line = line.rstrip("\r\n")
         p = None
-        m = _PREFIX.match(line)
-        if m:
-            rest = line[m.end():]
-            g = m.groups()
-            if g[0] is not None:
-                h = _N2.get(g[0])
-                if h is None:
-                    h = int(g[0])
-                p = h * 3600 + _N2[g[1]] * 60 + _N2[g[2]] + _MS[g[3]]
-            else:
-                key = g[4:7]
+        pos = 0
+        m = _JPREFIX.match(line)
+        if m is not None:
+            pos = m.end()
+            h, mi, s, ms = m.groups()
+            hh = _N2.get(h)
+            if hh is None:
+                hh = int(h)
+            p = hh * 3600 + _N2[mi] * 60 + _N2[s] + _MS[ms]
+        else:
+            m = _GPREFIX.match(line)
+            if m is not None:
+                pos = m.end()
+                g = m.groups()
+                key = g[:3]
                 day = self._days.get(key)
                 if day is None:
                     try:
@@ -262,34 +278,30 @@ class _Parser:
                     if len(self._days) > 64:
                         self._days.clear()
                     self._days[key] = day
-                frac = g[10]
-                p = (day + (_N2[g[7]] * 3600 + _N2[g[8]] * 60 + _N2[g[9]])
+                frac = g[6]
+                p = (day + (_N2[g[3]] * 3600 + _N2[g[4]] * 60 + _N2[g[5]])
                      + (int(frac) / 10 ** len(frac) if frac else 0.0))
-        else:
-            rest = line
         x = None
-        cmd = None
-        src = None
-        if rest[:1] in (" ", "+", "\t"):
-            xm = _XTRACE.match(rest)
-            if xm:
-                xg = xm.groups()
-                raw = _N2[xg[0]] * 3600 + _N2[xg[1]] * 60 + _N2[xg[2]]
+        if line[pos:pos + 1] in _XSTART:
+            xm = _XTRACE.match(line, pos)
+            if xm is not None:
+                xh, xmi, xs, script, sline, cmd = xm.groups()
+                raw = _N2[xh] * 3600 + _N2[xmi] * 60 + _N2[xs]
                 if self.x_raw is not None and raw < self.x_raw - 43200:
                     self.x_off += 86400
                 self.x_raw = raw
                 x = raw + self.x_off
                 self.x_last = x
-                cmd = xg[5]
-                src = xg[3:5]
                 if self.pending:
                     for tm in self.pending:
                         tm[1] = x
                     self.pending.clear()
+                    self.clock = 0
+                if self.stack:
+                    self._xtrace(cmd, script, sline, [p, x])
+                return
+        rest = line[pos:] if pos else line
         tm = [p, x]
-        if cmd is not None:
-            self._xtrace(cmd, src, tm)
-            return
         body = rest.strip()
         if not body:
             return
@@ -356,7 +368,8 @@ class _Parser:
         """tm, registered to get the next xtrace clock if it has no clock."""
         if tm[0] is None and tm[1] is None:
             self.pending.append(tm)
-            self.follow = max(self.follow, _CLOCK_FOLLOW)
+            if self.clock < _CLOCK_FOLLOW:
+                self.clock = _CLOCK_FOLLOW
         return tm
 
     def _now(self, tm: list) -> list:
@@ -366,16 +379,14 @@ class _Parser:
         return tm
 
     # --------------------------------------------------------------- xtrace
-    def _xtrace(self, cmd: str, src: tuple, tm: list) -> None:
-        run = self.stack[-1] if self.stack else None
-        if run is None:
-            return
+    def _xtrace(self, cmd: str, script: str, sline: str, tm: list) -> None:
+        run = self.stack[-1]
         run.last = tm
         if cmd.startswith("vm_shutdown_all"):
             cm = _CALL.match(cmd)
             if cm:
-                script = src[0].rsplit("/", 1)[-1]
-                w = _Wait(f"{script}@{src[1]}", int(cm.group(1)) if cm.group(1) else None)
+                arg = cm.group(1)
+                w = _Wait(f"{script.rsplit('/', 1)[-1]}@{sline}", int(arg) if arg else None)
                 run.waits.append(w)
                 run.cur = w
                 self.watch = max(self.watch, _LIMIT_FOLLOW)
@@ -614,12 +625,15 @@ def parse_lines(lines: Iterable[Union[str, bytes]], *,
                 line = str(line)
         f = p.follow
         w = p.watch
-        if f or w:
+        c = p.clock
+        if f or w or c:
             if f:
                 p.follow = f - 1
             if w:
                 p.watch = w - 1
-            if not (f or (w and (_W0 in line or _W1 in line)) or _is_candidate(line)):
+            if c:
+                p.clock = c - 1
+            if not (f or c or (w and (_W0 in line or _W1 in line)) or _is_candidate(line)):
                 continue
         elif not _is_candidate(line):
             continue
@@ -689,58 +703,73 @@ def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
 def _scan_block(p: _Parser, buf: bytes, end: int) -> None:
     """Feed p the candidate lines of buf[:end] (whole lines) in order, plus
     the follow-up lines it asks for. Same line choice as parse_lines."""
-    lines: dict[int, int] = {}  # start -> end of each candidate line
+    # start -> end of each candidate line; ~end (< 0) for a line of stars in a
+    # block without ESC, handled here without decoding (what feed() would do)
+    lines: dict[int, int] = {}
     find = buf.find
     rfind = buf.rfind
-    for nd in _NEEDLES_B:
+    esc = find(b"\x1b", 0, end) >= 0
+    i = find(_STARS_B, 0, end)
+    while i >= 0:
+        e = find(b"\n", i, end)
+        lines[rfind(b"\n", 0, i) + 1] = e if esc else ~e
+        i = find(_STARS_B, e + 1, end)
+    a, b = _SHUT_ALSO_B
+    i = find(_SHUT_B, 0, end)
+    while i >= 0:
+        s = rfind(b"\n", 0, i) + 1
+        e = find(b"\n", i, end)
+        if find(a, s, e) >= 0 or find(b, s, e) >= 0:
+            lines[s] = e
+        i = find(_SHUT_B, e + 1, end)
+    for nd in _OTHER_B if esc else _OTHER_B[:-1]:
         i = find(nd, 0, end)
-        if nd == _SHUT_B:
-            a, b = _SHUT_ALSO_B
-            while i >= 0:
-                s = rfind(b"\n", 0, i) + 1
-                e = find(b"\n", i, end)
-                if find(a, s, e) >= 0 or find(b, s, e) >= 0:
-                    lines[s] = e
-                i = find(nd, e + 1, end)
-            continue
         while i >= 0:
             e = find(b"\n", i, end)
             lines[rfind(b"\n", 0, i) + 1] = e
             i = find(nd, e + 1, end)
     pos = 0
     feed = p.feed
-    for s in sorted(lines):
+    for s, e in sorted(lines.items()):
         if s < pos:
             continue
-        if p.follow or p.watch:
+        if p.follow or p.watch or p.clock:
             pos = _walk(p, buf, pos, s)
-        e = lines[s]
-        if p.follow:
-            p.follow -= 1
-        if p.watch:
-            p.watch -= 1
-        pos = e + 1
-        if find(_STARS_B, s, e) >= 0 and find(b"\x1b", s, e) < 0:
-            p.stars()  # what feed() does with it, without decoding it
+            if p.follow:
+                p.follow -= 1
+            if p.watch:
+                p.watch -= 1
+            if p.clock:
+                p.clock -= 1
+        if e < 0:  # stars: p.stars()
+            pos = ~e + 1
+            if p.after_banner:
+                p.after_banner = False
+            elif p.watch < 4:
+                p.watch = 4
             continue
+        pos = e + 1
         feed(buf[s:e].decode("utf-8", "replace"))
-    if p.follow or p.watch:
+    if p.follow or p.watch or p.clock:
         _walk(p, buf, pos, end)
 
 
 def _walk(p: _Parser, buf: bytes, pos: int, stop: int) -> int:
-    """Lines from pos up to stop (no needle in them) while the parser follows
-    or watches; returns where it stopped."""
+    """Lines from pos up to stop (no needle in them) while the parser follows,
+    waits for a clock or watches; returns where it stopped."""
     find = buf.find
-    while pos < stop and (p.follow or p.watch):
+    while pos < stop and (p.follow or p.watch or p.clock):
         e = find(b"\n", pos, stop)
         f = p.follow
         w = p.watch
+        c = p.clock
         if f:
             p.follow = f - 1
         if w:
             p.watch = w - 1
-        if f or (w and (find(_W0B, pos, e) >= 0 or find(_W1B, pos, e) >= 0)):
+        if c:
+            p.clock = c - 1
+        if f or c or (w and (find(_W0B, pos, e) >= 0 or find(_W1B, pos, e) >= 0)):
             p.feed(buf[pos:e].decode("utf-8", "replace"))
         pos = e + 1
     return pos

@@ -387,3 +387,22 @@ def test_failure_during_wait_by_elapsed_time(tmp_path, failed_after, expected, w
     (s,) = r.shutdowns
     assert (s.call_site, s.limit_s, s.timed_out) == ("vfio_user_restart_vm.sh@54", 30, expected == "timeout")
     assert s.waited_s == (pytest.approx(waited, abs=1e-6) if waited else None)
+
+
+@pytest.mark.parametrize("block", [64, 1000, 4096])
+@pytest.mark.parametrize("ansi", [False, True])
+def test_parse_file_stars_fast_path_matches_parse_text(monkeypatch, block, ansi):
+    """parse_file handles banner lines of stars without decoding them when its
+    block has no ESC; blocks with and without ESC must give parse_text's Runs."""
+    import flakebot.spdklog as spdklog
+
+    b = LogBuilder("2024", "jenkins", ansi=ansi, wrapper="vfio_user_qemu")
+    for i, o in enumerate(["pass", "timeout", "fail", "pass", "timeout_old", "pass"], 1):
+        b.iteration(waits=(4.0, 83.0), outcome=o, marker=i if i % 3 else None)
+    lines = b.text().splitlines()
+    lines.insert(len(lines) // 2, "\x1b[0m" + "*" * 36)  # one coloured line of stars mid-log
+    data = ("\n".join(lines) + "\n").encode()
+    expected = parse_text(data)
+    monkeypatch.setattr(spdklog, "_BLOCK", block)
+    assert list(parse_file(io.BytesIO(data))) == expected
+    assert len(expected) == 6
