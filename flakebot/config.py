@@ -505,7 +505,8 @@ class JenkinsConfig:
                   "Parameterised job that runs the host script (folders as a/b).")
     label: str = _k("vfio-user", Str(), "Agent label expression the job runs on; empty = the job's own setting.")
     max_parallel: int = _k(8, Int(1, 1000), "Most builds flakebot keeps queued or running at once.")
-    poll_seconds: float = _k(15.0, Num(1, 3600), "Seconds between status polls.")
+    poll_seconds: float = _k(15.0, Num(0.01, 3600), "Seconds between status polls (a few seconds or more "
+                             "against a real Jenkins; only a fake wants less).")
     http_timeout_seconds: float = _k(30.0, Num(0, 600, lo_open=True), "Timeout of each HTTP request to Jenkins.")
 
 
@@ -585,8 +586,8 @@ class CommandsConfig:
     """Review comments such as `/flakebot verify`."""
 
     allow: tuple[str, ...] = _k((), StrList(pattern=r"[^\s]+", what="account or group names without spaces"),
-                                "Accounts or groups whose review commands are obeyed; empty = "
-                                "anyone who can comment.")
+                                "Accounts or groups whose review commands are obeyed (group:NAME for a "
+                                "group); empty = nobody may command.")
     refuse_strangers: bool = _k(False, Bool(), "Reply with a short refusal to commands from accounts not in "
                                 "allow (false = ignore them silently).")
     max_verify_iterations: int = _k(100, Int(1, 10_000), "Most iterations a `/flakebot verify N` may ask for.")

@@ -410,7 +410,6 @@ def _shutdown(w: _Writer, site_line: int, exit_after: Optional[float]) -> tuple[
     """Emit one vm_shutdown_all; QEMU exits `exit_after` s after the wait starts
     (None: never within the limit). Returns (waited_s, timed_out)."""
     era2023 = w.era == "2023"
-    rng = w.rng
     w.x(f"script@{site_line}", "vm_shutdown_all")
     w.tick()
     if era2023:

@@ -41,7 +41,7 @@ import sqlite_utils
 
 from flakebot import model
 
-SCHEMA_VERSION = 1  # == len(MIGRATIONS)
+SCHEMA_VERSION = 2  # == len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000
 
 BUILD_STATUSES = ("submitted", "queued", "running", "done", "lost", "ingested")
@@ -205,7 +205,31 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db["nightly"].create_index(["test", "started_at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1]
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    """Rises and falls found by the nightly cycle."""
+    db["nightly_events"].create(
+        {
+            "id": int,
+            "kind": str,  # 'rise' | 'fall'
+            "test": str,
+            "before_sha": str,  # rise: newest good commit; fall: newest still-bad commit
+            "after_sha": str,  # oldest commit on the new side: the change is in (before, after]
+            "tip_sha": str,
+            "probability": float,
+            "campaign_id": int,
+            "detail": str,  # JSON: the detection
+            "created_at": str,
+            "reported_at": str,  # set once a reporter accepted it
+        },
+        pk="id",
+        not_null={"kind", "test", "tip_sha", "created_at"},
+        foreign_keys=[("campaign_id", "campaigns", "id")],
+        if_not_exists=True,
+    )
+    db["nightly_events"].create_index(["test", "id"], if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -216,7 +240,7 @@ class Store:
         >>> import tempfile, os
         >>> s = Store(os.path.join(tempfile.mkdtemp(), "sub", "f.db"))
         >>> s.schema_version()
-        1
+        2
         >>> s.db.execute("PRAGMA journal_mode").fetchone()[0]
         'wal'
         >>> s.close()
@@ -349,6 +373,35 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # ------------------------------------------------------------ meta
+
+    def get_meta(self, key: str) -> Optional[str]:
+        """A small persistent setting (e.g. a poller cursor), or None.
+
+            >>> import tempfile, os
+            >>> s = Store(os.path.join(tempfile.mkdtemp(), "f.db"))
+            >>> s.get_meta("cursor:github") is None
+            True
+            >>> s.set_meta("cursor:github", '{"ts": "2026-01-01T00:00:00Z"}')
+            >>> s.get_meta("cursor:github")
+            '{"ts": "2026-01-01T00:00:00Z"}'
+            >>> s.close()
+        """
+        if key == "schema_version":
+            raise StoreError("schema_version is not a setting")
+        rows = self._query("SELECT value FROM meta WHERE key = ?", [key])
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a small persistent setting (one write transaction)."""
+        if key == "schema_version":
+            raise StoreError("schema_version is not a setting")
+        if not isinstance(value, str):
+            raise StoreError(f"meta value for {key!r} must be a string")
+        with self.write() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?)"
+                       " ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
 
     # ------------------------------------------------------------ commits
 
@@ -570,7 +623,7 @@ class Store:
         run_id = f"{executor}:{external_id}"
         tests = tuple(sorted({r.test for r in runs}))
         iterations = max((r.iteration for r in runs), default=0)
-        with self.write() as db:
+        with self.write():
             build_id = self.record_submission(
                 model.RunRequest(run_id, commit_sha, tests, iterations), executor
             )
@@ -841,6 +894,36 @@ class Store:
         return rows[0] if rows else None
 
     # ------------------------------------------------------------ nightly
+
+    # ------------------------------------------------------------ nightly events
+
+    def record_event(self, kind: str, test: str, *, tip: str, before: Optional[str] = None,
+                     after: Optional[str] = None, probability: Optional[float] = None,
+                     campaign_id: Optional[int] = None, detail: Optional[dict] = None) -> int:
+        """Remember a rise or fall the nightly cycle found; returns its id."""
+        if kind not in ("rise", "fall"):
+            raise StoreError(f"unknown event kind {kind!r}")
+        with self.write() as db:
+            cur = db.execute(
+                "INSERT INTO nightly_events (kind, test, before_sha, after_sha, tip_sha, probability,"
+                " campaign_id, detail, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [kind, test, before, after, tip, probability, campaign_id,
+                 json.dumps(detail, sort_keys=True) if detail is not None else None, utcnow()])
+            return cur.lastrowid
+
+    def mark_event_reported(self, event_id: int) -> None:
+        with self.write() as db:
+            db.execute("UPDATE nightly_events SET reported_at = ? WHERE id = ?", [utcnow(), event_id])
+
+    def events(self, test: Optional[str] = None) -> list[dict]:
+        """Recorded rises and falls, oldest first (detail decoded)."""
+        sql, params = "SELECT * FROM nightly_events", []
+        if test is not None:
+            sql, params = sql + " WHERE test = ?", [test]
+        rows = self._query(sql + " ORDER BY id", params)
+        for r in rows:
+            r["detail"] = json.loads(r["detail"]) if r.get("detail") else None
+        return rows
 
     def record_nightly(self, test: str, commit_sha: str, build_id: Optional[int] = None) -> int:
         with self.write() as db:

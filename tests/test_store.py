@@ -10,7 +10,7 @@ import pytest
 
 from flakebot import model
 from flakebot.model import Outcome, Run, RunRequest, Shutdown
-from flakebot.store import SCHEMA_VERSION, Store, StoreError, default_db_path, row_to_run
+from flakebot.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, default_db_path, row_to_run
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40
@@ -80,7 +80,7 @@ def test_migrates_from_zero_and_is_idempotent(tmp_path):
     # an existing, empty SQLite database (version 0)
     sqlite3.connect(path).close()
     s = Store(path)
-    assert s.schema_version() == 1
+    assert s.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
     bid = submit(s)
     s.close()
     s = Store(path)
@@ -550,3 +550,39 @@ def test_property_ingest_round_trip(batches):
         total = sum(sum(c.values()) for c in s.outcome_counts("t1", [SHA_A]).values())
         assert total == sum(1 for r in expected if r.test == "t1")
         s.close()
+
+
+def test_v1_database_migrates_to_v2_keeping_its_data(tmp_path):
+    path = tmp_path / "f.db"
+    s = Store(path)
+    bid = submit(s)
+    with s.write() as db:  # make it a v1 database again: no nightly_events
+        db.execute("DROP TABLE nightly_events")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    s.close()
+    s = Store(path)
+    assert s.schema_version() == 2
+    assert s.get_build(bid)["run_id"] == "r1"
+    eid = s.record_event("rise", "t", tip="c" * 40, before="a" * 40, probability=0.995, detail={"x": 1})
+    (ev,) = s.events("t")
+    assert ev["id"] == eid and ev["detail"] == {"x": 1} and ev["reported_at"] is None
+    s.mark_event_reported(eid)
+    assert s.events()[0]["reported_at"]
+    s.close()
+
+
+def test_meta_settings_persist_and_overwrite(tmp_path):
+    path = tmp_path / "f.db"
+    s = Store(path)
+    assert s.get_meta("cursor:gerrit") is None
+    s.set_meta("cursor:gerrit", '{"ts": "a", "ids": []}')
+    s.set_meta("cursor:gerrit", '{"ts": "b", "ids": ["m1"]}')
+    s.close()
+    s = Store(path)
+    assert s.get_meta("cursor:gerrit") == '{"ts": "b", "ids": ["m1"]}'
+    assert s.schema_version() == SCHEMA_VERSION  # settings never touch the schema version
+    with pytest.raises(StoreError):
+        s.set_meta("schema_version", "99")
+    with pytest.raises(StoreError):
+        s.set_meta("x", 5)
+    s.close()

@@ -553,7 +553,7 @@ class FakeJenkins:
         elif self._truncate_next:
             b.cut_after, b.cut_mode = self._truncate_next.pop(0), "truncate"
         b.log.append_line(f"Started by user {self.user}")
-        b.log.append_line(f"Running as SYSTEM")
+        b.log.append_line("Running as SYSTEM")
         b.log.append_line(f"Building remotely on {agent.name} ({' '.join(agent.labels)}) "
                           f"in workspace /var/jenkins/workspace/{j.name}")
         b.lines = iter(self._host_lines(b))

@@ -1,0 +1,314 @@
+"""Benchmark of the flake-aware bisection engine (flakebot.analysis).
+
+Simulated ranges: outcomes are drawn directly from each scenario's class
+probabilities (classes.py order: pass <20s, pass 20-60s, near 60-80s,
+near 80-90s, timeout, fail), so the benchmark is pure and fast. Every trial
+draws the culprit uniformly (unless the scenario fixes it) and starts cold:
+no history, no evidence at either end.
+
+Columns
+- engine (unknown rates): the default engine, one host deciding run by run
+  (free_hosts=1, 1 iteration per request, build cost 0 so that the runs
+  metric is comparable with the published figures), stop at 0.95; runs include
+  the confirmation runs at the culprit and its parent.
+- known rates: the same engine with a point-mass prior at the true class
+  probabilities of each side.
+- Fano bound: ((1-d) log2 N - h(d)) / C, d = 0.05, C = capacity (bits/run) of
+  the binary channel between p0 and p1 (failure = timeout + fail), maximised
+  over q.
+- 10 reruns: plain bisection with 10 runs per step, a step is 'bad' if any of
+  its 10 runs fails (timeout or fail; near misses ignored) - the usual rule.
+- host-hours table: 8 hosts, build 10 min (once per commit), run 2 min; the
+  engine fills every free host each time results come back (event-driven
+  simulation, iterations per request chosen by the planner from 1/2/4/8),
+  vs the 10-reruns bisection costed the same way (one build + 10 runs per step).
+
+Merges: the engine bisects the first-parent chain; a merge commit stands for
+its whole side branch, so a culprit inside a side branch is found as that
+merge. In this pure benchmark that is only a position on the chain: the
+'merges' scenario is a 64-position first-parent chain of which 12 positions
+are merges of side branches (200 commits in all), the culprit drawn over all
+200 commits and mapped to its first-parent position.
+
+Usage: .venv/bin/python benchmarks/bisect_bench.py [--trials 200] [--jobs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing as mp
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flakebot.analysis import EngineSettings, known_rates_prior, step  # noqa: E402
+
+D = 0.05
+
+
+def binary(p: float) -> tuple[float, ...]:
+    return (1 - p, 0.0, 0.0, 0.0, p, 0.0)
+
+
+# #3322 shape: a baseline with some slow shutdowns and rare timeouts; after the
+# culprit near misses (70-89 s, split over the 60-80 and 80-90 bins) come twice
+# as often as timeouts.
+S3322_BEFORE = (0.875, 0.09, 0.012, 0.008, 0.01, 0.005)
+S3322_AFTER = (0.725, 0.12, 0.05, 0.05, 0.05, 0.005)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    before: tuple[float, ...]
+    after: tuple[float, ...]
+    n: int
+    culprit: str = "uniform"  # uniform | first | last | none | merges
+    max_runs: int = 1500
+
+    @property
+    def p0(self) -> float:
+        return self.before[4] + self.before[5]
+
+    @property
+    def p1(self) -> float:
+        return self.after[4] + self.after[5]
+
+
+SCENARIOS = [
+    Scenario("(0, 0.1, 256)", binary(0), binary(0.1), 256),
+    Scenario("(0.01, 0.2, 256)", binary(0.01), binary(0.2), 256),
+    Scenario("(0.02, 0.1, 256)", binary(0.02), binary(0.1), 256),
+    Scenario("(0, 0.5, 64)", binary(0), binary(0.5), 64),
+    Scenario("no culprit (0.05 everywhere, 64)", binary(0.05), binary(0.05), 64, "none", 1000),
+    Scenario("first commit (0.01, 0.2, 64)", binary(0.01), binary(0.2), 64, "first"),
+    Scenario("last commit (0.01, 0.2, 64)", binary(0.01), binary(0.2), 64, "last"),
+    Scenario("merges (0.01, 0.2, 64 fp / 200)", binary(0.01), binary(0.2), 64, "merges"),
+    Scenario("#3322 shape (128)", S3322_BEFORE, S3322_AFTER, 128),
+]
+HOST_SCENARIOS = [0, 1, 3, 8]
+
+
+def groups3(p):
+    return (p[0] + p[1], p[2] + p[3], p[4] + p[5])
+
+
+def draw_culprit(sc: Scenario, rng) -> int | None:
+    if sc.culprit == "none":
+        return None
+    if sc.culprit == "first":
+        return 1
+    if sc.culprit == "last":
+        return sc.n
+    if sc.culprit == "merges":
+        # positions 1..n; 12 of them are merges standing for 12 side-branch commits each (+ the merge)
+        merge_pos = np.sort(np.random.default_rng(12345).choice(np.arange(1, sc.n + 1), 12, replace=False))
+        size = np.ones(sc.n + 1, dtype=int)
+        size[0] = 0
+        size[merge_pos] = 12  # the merge commit itself + 11 side commits
+        size = size * (200 / size.sum())
+        return int(rng.choice(np.arange(sc.n + 1), p=size / size.sum()))
+    return int(rng.integers(1, sc.n + 1))
+
+
+def settings_for(sc: Scenario, known: bool, **kw) -> EngineSettings:
+    prior = known_rates_prior(groups3(sc.before), groups3(sc.after)) if known else None
+    return EngineSettings(prior=prior, max_runs=sc.max_runs, **kw)
+
+
+def draw(sc, j, k, rng, m=1):
+    p = sc.after if (k is not None and j >= k) else sc.before
+    p = np.asarray(p, dtype=float)
+    return rng.multinomial(m, p / p.sum())
+
+
+def one_host(sc: Scenario, known: bool, seed: int):
+    """One host, run by run. Returns (verdict, right, confidence, runs, snapshots)."""
+    rng = np.random.default_rng([seed, 1])
+    k = draw_culprit(sc, rng)
+    st = settings_for(sc, known, build_minutes=0.0, iteration_options=(1,), seed=seed)
+    counts = np.zeros((sc.n + 1, 6), dtype=np.int64)
+    runs, snaps = 0, []
+    while True:
+        s = step(counts, set(), runs, 0.0, [], 1, st, rng=rng)
+        if runs % 10 == 0:
+            top_h = None if s.p_no_change > s.confidence else s.culprit
+            snaps.append((max(s.confidence, s.p_no_change), top_h == k))
+        if s.verdict:
+            right = (s.verdict == "culprit" and s.culprit == k) or (s.verdict == "no-regression" and k is None)
+            return s.verdict, right, s.confidence, runs, snaps
+        for j, m in s.requests:
+            counts[j] += draw(sc, j, k, rng, m)
+            runs += m
+
+
+def eight_hosts(sc: Scenario, seed: int, hosts=8, build=10.0, run=2.0):
+    """Event-driven: 8 hosts, builds once per commit. Returns (right, runs, host_hours, wall_hours)."""
+    rng = np.random.default_rng([seed, 2])
+    k = draw_culprit(sc, rng)
+    st = settings_for(sc, False, build_minutes=build, run_minutes=run, seed=seed)
+    counts = np.zeros((sc.n + 1, 6), dtype=np.int64)
+    built: set[int] = set()
+    runs, host_min, now = 0, 0.0, 0.0
+    flight: list[tuple[float, int, int]] = []  # (finish time, commit, iterations)
+    free = hosts
+    while True:
+        s = step(counts, built, runs, host_min, [(j, m) for _, j, m in flight], free, st, rng=rng)
+        if s.verdict:
+            right = (s.verdict == "culprit" and s.culprit == k) or (s.verdict == "no-regression" and k is None)
+            return right, runs, host_min / 60, now / 60
+        for j, m in s.requests:
+            cost = m * run + (0.0 if j in built else build)
+            built.add(j)
+            host_min += cost
+            flight.append((now + cost, j, m))
+            free -= 1
+        if not flight:
+            return False, runs, host_min / 60, now / 60
+        flight.sort()
+        t, j, m = flight.pop(0)
+        now = t
+        counts[j] += draw(sc, j, k, rng, m)
+        runs += m
+        free += 1
+
+
+def reruns_bisect(sc: Scenario, seed: int, reruns=10, build=10.0, run=2.0):
+    rng = np.random.default_rng([seed, 3])
+    k = draw_culprit(sc, rng)
+    lo, hi, runs, steps = 0, sc.n, 0, 0  # lo good, hi bad
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        c = draw(sc, mid, k, rng, reruns)
+        runs += reruns
+        steps += 1
+        if c[4] + c[5] > 0:
+            hi = mid
+        else:
+            lo = mid
+    return hi == k, runs, steps * (build + reruns * run) / 60
+
+
+def h2(p):
+    p = np.clip(p, 1e-15, 1 - 1e-15)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def capacity(p0, p1):
+    q = np.linspace(0, 1, 20001)
+    return float(np.max(h2(q * p1 + (1 - q) * p0) - q * h2(p1) - (1 - q) * h2(p0)))
+
+
+def fano(p0, p1, n, d=D):
+    return ((1 - d) * np.log2(n) - h2(d)) / capacity(p0, p1)
+
+
+def _task(args):
+    try:
+        return _task1(args)
+    except Exception as e:  # a crashed trial is reported, not fatal
+        kind, i, known, seed = args
+        return ("error", i, known), f"{kind} seed {seed}: {e!r}"
+
+
+def _task1(args):
+    kind, i, known, seed = args
+    sc = SCENARIOS[i]
+    if kind == "one":
+        return (kind, i, known), one_host(sc, known, seed)
+    if kind == "eight":
+        return (kind, i, known), eight_hosts(sc, seed)
+    return (kind, i, known), reruns_bisect(sc, seed)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--host-trials", type=int, default=None, help="trials for the 8-host table (default: trials/2)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", type=str, default=None, help="comma-separated scenario indices")
+    args = ap.parse_args(argv)
+    T = args.trials
+    HT = args.host_trials if args.host_trials is not None else max(1, T // 2)
+    idx = range(len(SCENARIOS)) if args.only is None else [int(x) for x in args.only.split(",")]
+    tasks = []
+    for i in idx:
+        for s in range(T):
+            tasks.append(("one", i, False, s))
+            if SCENARIOS[i].culprit != "none":
+                tasks.append(("one", i, True, s))
+            tasks.append(("fixed", i, False, s))
+    for i in HOST_SCENARIOS:
+        if i in idx:
+            tasks += [("eight", i, False, s) for s in range(HT)]
+    t0 = time.time()
+    res: dict = {}
+    with mp.Pool(args.jobs) as pool:
+        for key, r in pool.imap_unordered(_task, tasks, chunksize=4):
+            res.setdefault(key, []).append(r)
+    elapsed = time.time() - t0
+
+    out = []
+    out.append(f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bisect_bench.py'] + (argv or sys.argv[1:]))}`  ")
+    out.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {T} trials per cell "
+               f"(8-host table: {HT}); {elapsed / 60:.1f} min on {args.jobs} processes.\n")
+    out.append("### Runs to a 0.95 verdict, one host deciding run by run, cold start\n")
+    out.append("| scenario | engine mean runs (±se) | median | accuracy | inconcl. | known rates: mean | median | accuracy "
+               "| Fano bound | 10 reruns: runs | accuracy |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for i in idx:
+        sc = SCENARIOS[i]
+        e = res[("one", i, False)]
+        r = np.array([x[3] for x in e])
+        acc = np.mean([x[1] for x in e])
+        inc = np.mean([x[0] == "inconclusive" for x in e])
+        if ("one", i, True) in res:
+            kn = res[("one", i, True)]
+            kr = np.array([x[3] for x in kn])
+            kcol = f"{kr.mean():.0f} | {np.median(kr):.0f} | {np.mean([x[1] for x in kn]):.3f}"
+        else:
+            kcol = "n/a | n/a | n/a"
+        fb = f"{fano(sc.p0, sc.p1, sc.n):.0f}" if sc.p1 > sc.p0 else "n/a"
+        fx = res[("fixed", i, False)]
+        out.append(f"| {sc.name} | {r.mean():.0f} (±{r.std(ddof=1) / np.sqrt(len(r)):.0f}) | {np.median(r):.0f} | "
+                   f"{acc:.3f} | {inc:.3f} | {kcol} | {fb} | {np.mean([x[1] for x in fx]):.0f} | "
+                   f"{np.mean([x[0] for x in fx]):.3f} |")
+    hs = [i for i in HOST_SCENARIOS if i in idx]
+    if hs:
+        out.append("\n### Host-hours: 8 hosts, build 10 min (once per commit), run 2 min\n")
+        out.append("| scenario | engine host-hours mean | median | wall-clock h | runs | accuracy "
+                   "| 10 reruns host-hours | 10 reruns accuracy | ratio |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for i in hs:
+            e = res[("eight", i, False)]
+            hh = np.array([x[2] for x in e])
+            fx = res[("fixed", i, False)]
+            fh = np.mean([x[2] for x in fx])
+            out.append(f"| {SCENARIOS[i].name} | {hh.mean():.1f} | {np.median(hh):.1f} | {np.mean([x[3] for x in e]):.1f} "
+                       f"| {np.mean([x[1] for x in e]):.0f} | {np.mean([x[0] for x in e]):.3f} | {fh:.1f} "
+                       f"| {np.mean([x[0] for x in fx]):.3f} | {hh.mean() / fh:.2f} |")
+    out.append("\n### Calibration (engine, unknown rates, all scenarios above)\n")
+    out.append("Final verdicts are only stated at >= 0.95 (the stop rule), so the useful check is on the "
+               "running statements: every 10 runs, the top hypothesis (a commit or 'no change') and its "
+               "probability.\n")
+    out.append("| stated confidence >= | final verdicts: n | right | running statements: n | right |")
+    out.append("|---|---|---|---|---|")
+    fin = [(x[2], x[1]) for i in idx for x in res[("one", i, False)] if x[0] != "inconclusive"]
+    snap = [s for i in idx for x in res[("one", i, False)] for s in x[4]]
+    for c in (0.5, 0.8, 0.9, 0.95, 0.99):
+        f = [r for p, r in fin if p >= c]
+        s = [r for p, r in snap if p >= c]
+        out.append(f"| {c} | {len(f)} | {np.mean(f) if f else float('nan'):.3f} | {len(s)} | "
+                   f"{np.mean(s) if s else float('nan'):.3f} |")
+    if ("error" in {k[0] for k in res}):
+        out.append("\nErrors: " + "; ".join(str(v) for k, vs in res.items() if k[0] == "error" for v in vs))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The facade the campaign loop calls: `step`.
+
+Usage (an imperative loop; the loop owns storage, this module is pure):
+
+    settings = EngineSettings(confidence=0.95, max_runs=500, seed=7)
+    while True:
+        s = step(counts, built, runs_used, host_minutes_used, in_flight, free_hosts, settings)
+        if s.verdict:           # 'culprit' | 'no-regression' | 'inconclusive'
+            break               # report s.culprit, s.confidence, s.candidates, s.rates
+        submit(s.requests)      # list of (commit index, iterations), one per free host
+        ... wait for results, add them to counts, call step again ...
+
+Arguments of `step`:
+  counts            (n+1) x n_classes run counts per commit, index 0 = good end,
+                    n = bad end; classes from classes.classify (infra never counted)
+  built             commit indices already built (no build cost for more runs)
+  runs_used         runs spent so far (evidence + confirmation; infra excluded
+                    or included as the loop prefers, it only feeds the budget)
+  host_minutes_used host time spent so far (budget)
+  in_flight         [(index, iterations)] submitted and not yet back
+  free_hosts        hosts to fill now (0 = only evaluate the stop rule)
+  settings          EngineSettings
+  rng               numpy Generator; None derives one from settings.seed and the
+                    state (runs_used, in-flight), so that each call is
+                    reproducible from stored counts alone.
+
+Step fields:
+  verdict     None while searching; 'culprit', 'no-regression' or 'inconclusive'
+  culprit     index of the culprit (verdict 'culprit'), else the top candidate or None
+  confidence  P(culprit) for 'culprit', P(no change) for 'no-regression', top
+              probability otherwise
+  p_no_change P(no change in the range)
+  candidates  top-k [(index, probability)]
+  requests    [(index, iterations)] to submit now (empty once a verdict is set)
+  rates       culprit_rates(...) (before/after failure and near-miss rates
+              with credible intervals) when verdict == 'culprit'
+  reason      one line: why this verdict / what the requests are for
+
+Planning order: (1) confirmation runs owed to a candidate at `confidence`;
+(2) learning the bad side: while c_n has fewer than `bad_end_runs` runs and has
+not yet shown `bad_end_events` near misses/failures, one request goes there
+(with unknown rates and no data at the bad end, passes anywhere are consistent
+with a small p1); (3) the predecessor of a candidate at >= `predecessor_threshold`
+whose parent has no runs; (4) everything else by expected information about the
+culprit per host-minute (planner.py), in-flight runs counted as pending.
+
+Build cost: `built` is the set of commits whose build is available to every
+host (a shared artifact). A commit with a request in flight is treated as
+built for further requests. If builds are per host, pass the built set of the
+host being filled (or build_minutes=0 and add the cost in the loop).
+
+Stop rule: 'culprit' when one commit reaches `confidence` AND there are at least
+`confirm_runs` runs at it and at its parent (the engine requests the missing
+confirmation runs first; they count in the budget; if they move the posterior
+below the threshold, the search simply continues). 'no-regression' when
+P(no change) reaches `confidence`. 'inconclusive' when the budget (max_runs
+or max_host_hours) is spent, or when no probe carries information.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from flakebot.analysis.classes import DEFAULT_BINS, Bins, to_groups
+from flakebot.analysis.planner import plan
+from flakebot.analysis.posterior import Posterior, Prior, default_prior, posterior
+from flakebot.analysis.rates import Rates, culprit_rates
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    confidence: float = 0.95
+    max_runs: Optional[int] = None
+    max_host_hours: Optional[float] = None
+    build_minutes: float = 10.0
+    run_minutes: float = 2.0
+    bins: Bins = DEFAULT_BINS
+    prior: Optional[Prior] = None          # None: posterior.default_prior()
+    commit_weights: Optional[tuple[float, ...]] = None  # e.g. posterior.path_weights(...)
+    confirm_runs: int = 2                  # runs needed at the culprit and at its parent
+    iteration_options: tuple[int, ...] = (1, 2, 4, 8)  # iterations per request to consider
+    predecessor_threshold: float = 0.5     # probe c-1 first once P(c) >= this and c-1 has no runs
+    tie_tol: float = 0.05
+    rate_weight: float = 0.0               # value of learning the rates, relative to the culprit (planner)
+    bad_end_runs: int = 10                 # learn the bad side first: up to this many runs at c_n ...
+    bad_end_events: int = 2                # ... until it has shown this many near misses/failures
+    top_k: int = 5
+    interval_level: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1:
+            raise ValueError("confidence must be in (0.5, 1)")
+        for name in ("max_runs", "max_host_hours"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.build_minutes < 0 or self.run_minutes <= 0 or self.confirm_runs < 0:
+            raise ValueError("bad costs or confirm_runs")
+        if not self.iteration_options or min(self.iteration_options) < 1:
+            raise ValueError("iteration_options must be positive")
+
+
+@dataclass(frozen=True)
+class Step:
+    verdict: Optional[str]
+    culprit: Optional[int]
+    confidence: float
+    p_no_change: float
+    candidates: list[tuple[int, float]]
+    requests: list[tuple[int, int]] = field(default_factory=list)
+    rates: Optional[Rates] = None
+    reason: str = ""
+
+
+def _rng_for(settings: EngineSettings, runs_used: int, in_flight) -> np.random.Generator:
+    pend = sum(int(m) for _, m in in_flight)
+    return np.random.default_rng([int(settings.seed), int(runs_used), pend, len(in_flight)])
+
+
+def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
+         in_flight: Sequence[tuple[int, int]], free_hosts: int, settings: EngineSettings = EngineSettings(),
+         rng: np.random.Generator | None = None, post: Posterior | None = None) -> Step:
+    """One decision: verdict or requests. See the module docstring."""
+    rng = rng if rng is not None else _rng_for(settings, runs_used, in_flight)
+    prior = settings.prior or default_prior()
+    x = to_groups(counts, settings.bins)
+    cw = None if settings.commit_weights is None else list(settings.commit_weights)
+    post = post or posterior(x, prior, cw, groups=True)
+    cands = post.top(settings.top_k)
+    top, ptop = cands[0]
+    runs_at = x.sum(1)
+    pend: dict[int, int] = {}
+    for j, m in in_flight:
+        pend[int(j)] = pend.get(int(j), 0) + int(m)
+
+    # Budget.
+    spent = (settings.max_runs is not None and runs_used >= settings.max_runs) or (
+        settings.max_host_hours is not None and host_minutes_used >= 60 * settings.max_host_hours)
+
+    if post.p_no_change >= settings.confidence:
+        return Step("no-regression", None, post.p_no_change, post.p_no_change, cands,
+                    reason=f"P(no change) = {post.p_no_change:.3f}")
+    forced: list[tuple[int, int]] = []
+    if ptop >= settings.confidence:
+        short = [(j, settings.confirm_runs - int(runs_at[j])) for j in (top, top - 1)
+                 if runs_at[j] < settings.confirm_runs]
+        if not short:
+            return Step("culprit", top, ptop, post.p_no_change, cands,
+                        rates=culprit_rates(counts, top, settings.bins, settings.interval_level),
+                        reason=f"P(c{top}) = {ptop:.3f}, confirmed by runs at it and its parent")
+        forced = [(j, m - pend.get(j, 0)) for j, m in short if m - pend.get(j, 0) > 0]
+    if spent:
+        return Step("inconclusive", top, ptop, post.p_no_change, cands, reason="budget spent")
+    # Learn the bad side early: with unknown rates and no data at the bad end,
+    # passes anywhere are consistent with a small p1 (BISECTION.md).
+    n = len(x) - 1
+    if not forced and runs_at[n] + pend.get(n, 0) < settings.bad_end_runs \
+            and x[n, 1] + x[n, 2] < settings.bad_end_events:
+        forced = [(n, 1)]
+    if ptop >= settings.predecessor_threshold and top - 1 >= 0 and runs_at[top - 1] == 0 \
+            and pend.get(top - 1, 0) == 0 and not forced:
+        forced = [(top - 1, 1)]
+    max_new = None
+    if settings.max_runs is not None:
+        max_new = settings.max_runs - runs_used - sum(pend.values())
+        if max_new <= 0:
+            return Step(None, top, ptop, post.p_no_change, cands, reason="budget committed; waiting")
+    reqs = plan(x, prior, built=set(built), in_flight=list(in_flight), free_hosts=free_hosts,
+                build_minutes=settings.build_minutes, run_minutes=settings.run_minutes, rng=rng,
+                iteration_options=settings.iteration_options, commit_weights=cw,
+                tie_tol=settings.tie_tol, forced=forced, rate_weight=settings.rate_weight, max_new_runs=max_new, post=post)
+    if not reqs and not in_flight and free_hosts > 0:
+        return Step("inconclusive", top, ptop, post.p_no_change, cands, reason="no probe carries information")
+    why = "confirmation runs" if forced and ptop >= settings.confidence else "most information per host-minute"
+    return Step(None, top, ptop, post.p_no_change, cands, reqs, reason=why)

@@ -1,0 +1,332 @@
+"""The one campaign loop: decide -> run -> parse -> store -> decide.
+
+A bisection campaign is a row in the store plus its first-parent range
+(position 0 = the good end). Every decision is recomputed from the store:
+the loop reads the stored runs, asks the pure engine (`analysis.engine.step`)
+for a verdict or for the next requests, hands those to the dispatcher (which
+records each request before submitting it) and waits for results. A killed
+process therefore resumes by running the same loop again: finished runs are
+in the store, unfinished requests are reattached or resubmitted under their
+original run_id, and the engine's choices are reproducible from the counts.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Callable, Optional, Sequence
+
+from flakebot.analysis.classes import Bins, classify
+from flakebot.analysis.engine import EngineSettings, Step, step
+from flakebot.analysis.posterior import path_weights, prior_from_evidence
+from flakebot.analysis.rates import beta_rate
+from flakebot.analysis.summary import wait_stats
+from flakebot.dispatch import Dispatcher
+from flakebot.executors.base import Executor
+from flakebot.model import Commit, RunRequest, Verdict
+from flakebot.store import Store
+
+
+@dataclass(frozen=True)
+class Progress:
+    campaign_id: int
+    runs: int
+    builds: int
+    in_flight: int
+    top_commit: Optional[str]
+    top_probability: float
+    p_no_change: float
+
+
+@dataclass(frozen=True)
+class BisectParams:
+    """What a bisection campaign was asked for; stored with it (JSON) so a
+    resumed campaign keeps its settings."""
+
+    confidence: float = 0.95
+    max_runs: Optional[int] = None
+    max_host_hours: Optional[float] = None
+    build_minutes: float = 10.0
+    run_minutes: float = 2.0
+    wait_bins_s: tuple[float, ...] = (20.0, 60.0, 80.0)
+    limit_s: float = 90.0
+    slow_threshold_s: float = 60.0
+    history_cap: float = 50.0
+    confirm_runs: int = 2
+    path_weights: bool = False
+    suspect_paths: tuple[str, ...] = ()
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        d = self.__dict__.copy()
+        d["wait_bins_s"] = list(self.wait_bins_s)
+        d["suspect_paths"] = list(self.suspect_paths)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BisectParams":
+        d = dict(d)
+        d["wait_bins_s"] = tuple(d.get("wait_bins_s", cls.wait_bins_s))
+        d["suspect_paths"] = tuple(d.get("suspect_paths", ()))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_config(cls, cfg) -> "BisectParams":
+        """What a campaign opened from this config gets (bisect, nightly, demo)."""
+        b = cfg.bisect
+        return cls(confidence=b.confidence, max_runs=b.max_runs, max_host_hours=b.max_host_hours,
+                   build_minutes=cfg.executor.build_minutes, run_minutes=cfg.executor.run_minutes,
+                   wait_bins_s=b.wait_bins_s, limit_s=cfg.tests.limit_s, slow_threshold_s=cfg.tests.slow_threshold_s,
+                   history_cap=b.history_cap, confirm_runs=b.confirm_runs, path_weights=b.path_weights,
+                   suspect_paths=b.suspect_paths, seed=cfg.sim.seed)
+
+    @property
+    def bins(self) -> Bins:
+        return Bins(self.wait_bins_s, float(self.limit_s), float(self.slow_threshold_s))
+
+
+def open_bisect(store: Store, test: str, good: Commit, commits: Sequence[Commit],
+                params: BisectParams, *, is_ancestor: Optional[Callable[[str, str], bool]] = None
+                ) -> tuple[int, bool]:
+    """Create the campaign, or find the one the same command made before: the
+    open one for this test and range (running the command again continues
+    it, with its stored settings), or a finished one asked with the same
+    settings (its stored result is the answer). Returns (id, resumed).
+
+    A new campaign stores, with its settings, the class counts of what the
+    store already knew when it began (`history_counts`), so its prior is a
+    stored fact: every later number is reproducible from the store alone."""
+    for row in store.find_campaigns("bisect", test, good.sha, commits[-1].sha):
+        if row["status"] == "open" or (row["status"] == "done" and BisectParams.from_json(row["params"]) == params):
+            return row["id"], True
+    store.upsert_commits([good, *commits])
+    shas = [good.sha] + [c.sha for c in commits]
+    baseline, at_bad = history_counts(store, test, shas, params.bins, is_ancestor)
+    stored = {**params.to_json(), "prior_counts": {"baseline": baseline, "bad": at_bad}}
+    cid = store.create_campaign("bisect", test, good.sha, commits[-1].sha, shas, stored)
+    return cid, False
+
+
+def history_counts(store: Store, test: str, shas: Sequence[str], bins: Bins,
+                   is_ancestor: Optional[Callable[[str, str], bool]] = None) -> tuple[list[int], list[int]]:
+    """Class counts of stored runs of `test` outside a range: at the good end
+    and (with `is_ancestor`) its ancestors, the baseline; and at the bad end,
+    the evidence that started the search. Runs inside the range are left to
+    the campaign itself."""
+    good, bad = shas[0], shas[-1]
+    inside = set(shas)
+    base = [0] * bins.n_classes
+    at_bad = [0] * bins.n_classes
+    ancestors: dict[str, bool] = {}
+    for r in store.runs(test=test, include_infra=False):
+        c = classify(r["outcome"], r["worst_wait_s"], bins)
+        sha = r["commit_sha"]
+        if c is None:
+            continue
+        if sha == bad:
+            at_bad[c] += 1
+        elif sha == good or (sha not in inside and is_ancestor is not None
+                             and ancestors.setdefault(sha, is_ancestor(sha, good))):
+            base[c] += 1
+    return base, at_bad
+
+
+class BisectCampaign:
+    """Drives one stored bisection campaign to a verdict."""
+
+    def __init__(self, store: Store, executor: Executor, campaign_id: int, *,
+                 poll_seconds: float = 0.0,
+                 on_progress: Callable[[Progress], None] = lambda p: None):
+        self.store = store
+        self.executor = executor
+        self.cid = campaign_id
+        row = store.get_campaign(campaign_id)
+        if row["kind"] != "bisect":
+            raise ValueError(f"campaign {campaign_id} is a {row['kind']} campaign")
+        self.row = row
+        self.test = row["test"]
+        self.params = BisectParams.from_json(row["params"])
+        self.shas = store.campaign_commits(campaign_id)
+        self.index = {sha: i for i, sha in enumerate(self.shas)}
+        self.on_progress = on_progress
+        self.dispatcher = Dispatcher(store, executor, slow_threshold_s=self.params.slow_threshold_s,
+                                     campaign_id=campaign_id, poll_seconds=poll_seconds)
+
+    # -- evidence, all from the store ------------------------------------
+
+    def counts(self) -> list[list[int]]:
+        """Class counts per range position from this campaign's runs."""
+        bins = self.params.bins
+        counts = [[0] * bins.n_classes for _ in self.shas]
+        for r in self.store.runs(test=self.test, campaign_id=self.cid, include_infra=False):
+            c = classify(r["outcome"], r["worst_wait_s"], bins)
+            if c is not None and r["commit_sha"] in self.index:
+                counts[self.index[r["commit_sha"]]][c] += 1
+        return counts
+
+    def settings(self) -> EngineSettings:
+        p = self.params
+        prior = self._prior_from_store()
+        weights = None
+        if p.path_weights:
+            paths = [(self.store.get_commit(s) or Commit(s)).paths for s in self.shas]
+            kw = {"suspect_prefixes": p.suspect_paths} if p.suspect_paths else {}
+            weights = tuple(path_weights(paths, **kw))
+        return EngineSettings(confidence=p.confidence, max_runs=p.max_runs,
+                              max_host_hours=p.max_host_hours or None,
+                              build_minutes=p.build_minutes, run_minutes=p.run_minutes,
+                              bins=p.bins, prior=prior, commit_weights=weights, confirm_runs=p.confirm_runs,
+                              seed=p.seed + self.cid)
+
+    def _prior_from_store(self):
+        """The prior from the counts stored when the campaign began, each side
+        capped at history_cap pseudo-runs so old data cannot dominate."""
+        stored = self.row["params"].get("prior_counts") or {}
+        base, at_bad = stored.get("baseline"), stored.get("bad")
+        if not any(base or ()) and not any(at_bad or ()):
+            return None
+        return prior_from_evidence(base if any(base or ()) else None, at_bad if any(at_bad or ()) else None,
+                                   cap=self.params.history_cap, bins=self.params.bins)
+
+    def spent(self) -> tuple[int, float, set[int]]:
+        """(evidence runs, host minutes, built positions) of this campaign."""
+        builds = self.store.builds(self.cid)
+        host_minutes = sum(b["host_minutes"] or 0.0 for b in builds)
+        built = {self.index[b["commit_sha"]] for b in builds if b["commit_sha"] in self.index}
+        runs = len(self.store.runs(test=self.test, campaign_id=self.cid, include_infra=False))
+        return runs, host_minutes, built
+
+    # -- the loop --------------------------------------------------------
+
+    def run(self) -> dict:
+        if self.row["status"] != "open":
+            return self.row["result"] or {}
+        self.dispatcher.resume()
+        settings = self.settings()
+        seq = len(self.store.builds(self.cid))
+        while True:
+            counts = self.counts()
+            runs, host_minutes, built = self.spent()
+            in_flight = [(self.index[f.request.commit], f.request.iterations) for f in self.dispatcher.in_flight]
+            s = step(counts, built, runs, host_minutes, in_flight, self.dispatcher.free_slots(), settings)
+            self._report(s, runs)
+            if s.verdict and not self.dispatcher.in_flight:
+                return self._finish(s, counts, settings)
+            if not s.verdict:
+                for j, iterations in s.requests:
+                    seq += 1
+                    self.dispatcher.submit(RunRequest(f"c{self.cid}-r{seq}", self.shas[j], (self.test,), int(iterations)))
+            if not self.dispatcher.in_flight:
+                # Nothing running and nothing worth running: the engine's own
+                # stop rule must decide; ask it with the budget declared spent.
+                s = step(counts, built, runs, host_minutes, [], 0,
+                         replace(settings, max_runs=min(runs, settings.max_runs or runs)))
+                return self._finish(s, counts, settings)
+            self.dispatcher.collect(wait=True)
+
+    def abort(self) -> None:
+        self.dispatcher.cancel_all()
+        self.store.update_campaign(self.cid, status="aborted")
+
+    def _report(self, s: Step, runs: int) -> None:
+        top = s.candidates[0] if s.candidates else (None, 0.0)
+        self.on_progress(Progress(self.cid, runs, len(self.store.builds(self.cid)),
+                                  len(self.dispatcher.in_flight),
+                                  self.shas[top[0]] if top[0] is not None else None, float(top[1]),
+                                  float(s.p_no_change)))
+
+    # -- the result ------------------------------------------------------
+
+    def _finish(self, s: Step, counts, settings: EngineSettings) -> dict:
+        result = self.result(s)
+        culprit = self.shas[s.culprit] if s.verdict == Verdict.CULPRIT.value else None
+        self.store.finish_campaign(self.cid, s.verdict, culprit, float(s.confidence), result)
+        return result
+
+    def result(self, s: Step) -> dict:
+        """The campaign's result: what `--json` prints and reporters render."""
+        runs = self.store.runs(test=self.test, campaign_id=self.cid)
+        builds = self.store.builds(self.cid)
+        culprit_idx = s.culprit if s.verdict == Verdict.CULPRIT.value else None
+        per_commit: dict[str, Counter] = defaultdict(Counter)
+        max_wait: dict[str, float] = {}
+        for r in runs:
+            per_commit[r["commit_sha"]][r["outcome"]] += 1
+            if r["worst_wait_s"] is not None:
+                max_wait[r["commit_sha"]] = max(max_wait.get(r["commit_sha"], 0.0), r["worst_wait_s"])
+        evidence_runs = sum(1 for r in runs if r["outcome"] != "infra")
+        created = datetime.fromisoformat(self.row["created_at"])
+        out = {
+            "campaign_id": self.cid,
+            "kind": "bisect",
+            "test": self.test,
+            "good": self.shas[0],
+            "bad": self.shas[-1],
+            "verdict": s.verdict,
+            "culprit": self.shas[culprit_idx] if culprit_idx is not None else None,
+            "confidence": round(float(s.confidence), 6),
+            "p_no_change": round(float(s.p_no_change), 6),
+            "runs": evidence_runs,
+            "infra_runs": len(runs) - evidence_runs,
+            "builds": len(builds),
+            "host_minutes": round(sum(b["host_minutes"] or 0.0 for b in builds), 3),
+            "wall_seconds": round((datetime.now(timezone.utc) - created).total_seconds(), 1),
+            "hosts": sorted({b["host"] for b in builds if b["host"]}),
+            "candidates": [{"commit": self.shas[i], "probability": round(float(p), 6),
+                            "subject": self._subject(self.shas[i])} for i, p in s.candidates],
+            "commits": [{"commit": sha, "runs": sum(per_commit[sha].values()),
+                         "outcomes": dict(per_commit[sha]), "max_wait_s": max_wait.get(sha)}
+                        for sha in self.shas if per_commit[sha]],
+            "build_urls": [b["url"] for b in builds if b["url"]],
+            "command": (f"flakebot bisect --good {self.shas[0]} --bad {self.shas[-1]} --test {self.test}"
+                        f" --confidence {self.params.confidence} --seed {self.params.seed}"),
+            "report_url": None,
+            "culprit_info": None,
+            "parent": None,
+            "rates": None,
+            "waits": self._waits(runs, culprit_idx),
+        }
+        if culprit_idx is not None:
+            sha = self.shas[culprit_idx]
+            c = self.store.get_commit(sha) or Commit(sha)
+            out["culprit_info"] = {"sha": sha, "subject": c.subject, "author": c.author, "change_id": c.change_id}
+            out["parent"] = self.shas[culprit_idx - 1]
+            if s.rates is not None:
+                out["rates"] = {
+                    "interval": s.rates.level,
+                    "before": _side(s.rates.before, self.params.bins, s.rates.level),
+                    "after": _side(s.rates.after, self.params.bins, s.rates.level),
+                }
+        return out
+
+    def _subject(self, sha: str) -> str:
+        c = self.store.get_commit(sha)
+        return c.subject if c else ""
+
+    def _waits(self, runs: list[dict], culprit_idx: Optional[int]) -> list[dict]:
+        """Shutdown waits per call site, split at the culprit when there is one."""
+        by_id = {r["id"]: r for r in runs}
+        groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+        limits: dict[tuple[str, str], int] = {}
+        for sd in self.store.shutdowns_for(by_id):
+            if sd["waited_s"] is None:
+                continue
+            pos = self.index.get(by_id[sd["run_id"]]["commit_sha"], 0)
+            side = "all" if culprit_idx is None else ("after" if pos >= culprit_idx else "before")
+            key = (side, sd["call_site"])
+            groups[key].append(sd["waited_s"])
+            limits[key] = sd["limit_s"]
+        return [dict(side=side, call_site=site, limit_s=limits[(side, site)], **wait_stats(v))
+                for (side, site), v in sorted(groups.items())]
+
+
+def _side(side, bins: Bins, level: float) -> dict:
+    """One side of the culprit: timeout, near-miss, other-failure and any-failure
+    rates (Beta posterior mean and equal-tailed interval)."""
+    def rate(r):
+        return {"k": r.k, "n": r.n, "rate": round(r.mean, 6), "lo": round(r.lo, 6), "hi": round(r.hi, 6)}
+
+    n = side.runs
+    return {"runs": n, "timeout": rate(beta_rate(side.classes[bins.timeout], n, level)),
+            "near_miss": rate(side.near_miss), "fail": rate(beta_rate(side.classes[bins.fail], n, level)),
+            "failure": rate(side.failure)}

@@ -1,0 +1,215 @@
+"""`flakebot nightly`, `flakebot serve`, `flakebot status` (click commands).
+
+Standalone commands, registered on the main group in cli.py with
+``main.add_command``; like the other commands they read the config path from
+``ctx.obj["config_path"]`` (set by the group's --config). This module imports
+flakebot.cli only inside functions, so either module may be imported first.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Optional
+
+import click
+
+from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, guard
+
+def _guard(fn):
+    """cliutil.guard, and a second service on the same database is bad input too."""
+    @functools.wraps(fn)
+    @guard
+    def wrapper(*a, **kw):
+        from flakebot.service import ServiceLocked
+        try:
+            return fn(*a, **kw)
+        except ServiceLocked as e:
+            raise InputError(str(e)) from None
+
+    return wrapper
+
+
+def _common(fn, run_options: bool = True):
+    if run_options:
+        return executor_options(fn)
+    opts = [click.option("--db", type=click.Path(dir_okay=False), help="SQLite database file."),
+            click.option("--repo", type=click.Path(file_okay=False), help="Local SPDK git clone.")]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+# --------------------------------------------------------------------- nightly
+
+@click.command()
+@_common
+@click.option("--no-fetch", is_flag=True, help="Do not fetch spdk.remote first.")
+@click.option("--drive", is_flag=True, help="Also drive the campaigns this cycle opens to their verdicts "
+              "(otherwise `flakebot serve` or `flakebot bisect --resume ID` does).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_guard
+def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
+    """One nightly cycle now: fetch, run the tests at the branch tip, detect a
+    rise or fall, open a bisection on a rise."""
+    from flakebot.campaign import BisectCampaign
+    from flakebot.nightly import nightly_cycle
+    from flakebot.wiring import build_executor, open_history, open_store, poll_seconds
+
+    cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
+    history = open_history(cfg)
+    ex = build_executor(cfg)
+    with open_store(cfg) as store:
+        result = nightly_cycle(cfg, store, history, ex, fetch=not no_fetch, quiet=as_json)
+        if drive:
+            result["campaigns"] = []
+            for cid in sorted({t["campaign_id"] for t in result["tests"]
+                               if t["action"] in ("campaign-opened", "campaign-open") and t["campaign_id"]}):
+                result["campaigns"].append(BisectCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg)).run())
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"nightly at {result['tip'][:10]} (fetch: {result['fetch']})")
+    for t in result["tests"]:
+        d = t["detection"]
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items()))
+        line = f"  {t['test']}: {t['runs']} runs ({outcomes}); {d['verdict']}"
+        if d["verdict"] != "none":
+            line += f" P={d['probability']:.4f} after {d['before'][:10]}"
+        line += f"; {t['action']}"
+        if t["campaign_id"]:
+            line += f" (campaign {t['campaign_id']})"
+        click.echo(line)
+    for r in result.get("campaigns", []):
+        culprit = (r.get("culprit") or "")[:10]
+        click.echo(f"  campaign {r['campaign_id']}: {r['verdict']} {culprit} "
+                   f"(confidence {r['confidence']:.3f}, {r['runs']} runs)")
+
+
+# --------------------------------------------------------------------- serve
+
+@click.command()
+@_common
+@click.option("--verbose", "-v", is_flag=True, help="Log every step (default: info).")
+@click.pass_context
+@_guard
+def serve(ctx, db, repo, executor, command_, seed, verbose):
+    """Run the service: the nightly cycle on its cron, the campaign driver and
+    the review-comment poller. One per database; SIGTERM stops it cleanly."""
+    from flakebot.service import Service
+    from flakebot.wiring import open_history
+
+    cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
+    open_history(cfg).close()  # no clone, no service: say so now, not at 02:30
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not verbose:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    sys.exit(Service(cfg).serve())
+
+
+# --------------------------------------------------------------------- status
+
+def status_data(cfg, now: Optional[datetime] = None) -> dict:
+    """What `flakebot status --json` prints."""
+    from flakebot.analysis.posterior import posterior
+    from flakebot.campaign import BisectCampaign
+    from flakebot.nightly import events
+    from flakebot.service import InstanceLock, ServiceLocked, lock_path, next_fire_times, nightly_trigger, \
+        DRIVER_SECONDS
+    from flakebot.wiring import open_history, open_store
+
+    now = now or datetime.now(timezone.utc)
+    history = open_history(cfg, required=False)
+    out: dict = {"database": str(cfg.db_path()), "campaigns": [], "nightly": [], "events": []}
+    try:
+        with InstanceLock(lock_path(cfg)):
+            out["service"] = "not running"
+    except ServiceLocked:
+        out["service"] = "running"
+    with open_store(cfg) as store:
+        for row in store.open_campaigns():
+            item = {"id": row["id"], "kind": row["kind"], "test": row["test"], "good": row["good"],
+                    "bad": row["bad"], "created_at": row["created_at"]}
+            if row["kind"] == "bisect":
+                camp = BisectCampaign(store, None, row["id"])
+                s = camp.settings()
+                post = posterior(camp.counts(), s.prior, list(s.commit_weights) if s.commit_weights else None,
+                                 bins=s.bins)
+                (top, p), = post.top(1)
+                runs, host_minutes, _ = camp.spent()
+                c = store.get_commit(camp.shas[top])
+                item.update(commits=len(camp.shas) - 1, runs=runs, builds=len(store.builds(row["id"])),
+                            pending=len(store.pending_builds(row["id"])), host_minutes=round(host_minutes, 1),
+                            top={"commit": camp.shas[top], "probability": round(float(p), 6),
+                                 "subject": c.subject if c else ""},
+                            p_no_change=round(float(post.p_no_change), 6))
+            out["campaigns"].append(item)
+        latest: dict[str, dict] = {}
+        for row in store.nightlies():
+            latest[row["test"]] = row
+        for test, row in sorted(latest.items()):
+            same = [r for r in store.nightlies(test) if r["commit_sha"] == row["commit_sha"]]
+            builds = {r["build_id"] for r in same}
+            runs = [r for r in store.runs(test=test, commits=[row["commit_sha"]]) if r["build_id"] in builds]
+            outcomes: dict[str, int] = {}
+            for r in runs:
+                outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+            ev = events(store, test)
+            out["nightly"].append({"test": test, "commit": row["commit_sha"], "at": row["started_at"],
+                                   "runs": len(runs), "outcomes": outcomes,
+                                   "last_event": _event_brief(ev[-1]) if ev else None})
+        out["events"] = [_event_brief(e) for e in events(store)[-10:]]
+    n = cfg.nightly
+    out["schedule"] = {"cron": n.cron, "timezone": n.timezone,
+                       "nightly": [t.isoformat() for t in next_fire_times(nightly_trigger(cfg), 3, now)],
+                       "campaign_driver_every_s": DRIVER_SECONDS,
+                       "review_poll_every_min": cfg.commands.poll_minutes}
+    if history is not None:
+        history.close()
+    return out
+
+
+def _event_brief(e: dict) -> dict:
+    return {"id": e["id"], "kind": e["kind"], "test": e["test"], "before": e["before_sha"], "after": e["after_sha"],
+            "tip": e["tip_sha"], "probability": e["probability"], "campaign_id": e["campaign_id"],
+            "at": e["created_at"]}
+
+
+@click.command()
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database file.")
+@click.option("--repo", type=click.Path(file_okay=False), help="Local SPDK git clone.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_guard
+def status(ctx, db, repo, as_json):
+    """Open campaigns, the last nightly results per test, the next scheduled runs."""
+    cfg = config_from(ctx, {"store.db": db, "spdk.repo": repo})
+    data = status_data(cfg)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"database {data['database']}; service {data['service']}")
+    click.echo("open campaigns:" if data["campaigns"] else "open campaigns: none")
+    for c in data["campaigns"]:
+        line = f"  {c['id']} {c['kind']} {c['test']} {c['good'][:10]}..{c['bad'][:10]}"
+        if "top" in c:
+            line += (f" ({c['commits']} commits): {c['runs']} runs, {c['pending']} pending; top "
+                     f"{c['top']['commit'][:10]} p={c['top']['probability']:.3f} {c['top']['subject']}")
+        click.echo(line)
+    click.echo("last nightly:" if data["nightly"] else "last nightly: none yet")
+    for t in data["nightly"]:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items()))
+        ev = t["last_event"]
+        note = f"; last {ev['kind']} {ev['at']}" if ev else ""
+        click.echo(f"  {t['test']} at {t['commit'][:10]} ({t['at']}): {t['runs']} runs ({outcomes}){note}")
+    s = data["schedule"]
+    click.echo(f"next nightly runs ({s['cron']} {s['timezone']}): {', '.join(s['nightly'])}")
+    click.echo(f"campaign driver every {s['campaign_driver_every_s']:g} s; review poller every "
+               f"{s['review_poll_every_min']} min")
+
+
+COMMANDS = (nightly, serve, status)

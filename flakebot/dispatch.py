@@ -1,0 +1,168 @@
+"""Send run requests to an executor and turn finished builds into stored runs.
+
+This is the I/O half of the campaign loop, shared by `flakebot run`, bisection
+campaigns and (later) the nightly cycle, so there is one way a build becomes
+evidence:
+
+    record the request in the store  ->  submit  ->  store the handle
+    poll until done/lost  ->  parse the console (streamed)  ->  ingest in one
+    transaction, with every iteration the log did not account for as `infra`.
+
+A request is written to the store before it is submitted, so a process killed
+at any point can find it again (`resume`): the executor reattaches to it when
+it can (Jenkins), otherwise the same request (same run_id) is submitted again;
+the store's ingestion is idempotent, so no finished run is counted twice.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from flakebot import spdklog
+from flakebot.executors.base import Executor, ExecutorError
+from flakebot.model import BuildState, BuildStatus, Outcome, Run, RunRequest
+from flakebot.store import Store
+
+
+@dataclass
+class InFlight:
+    build_id: int
+    request: RunRequest
+    handle: str
+    resubmits: int = 0
+
+
+MAX_RESUBMITS = 3  # a queue item cancelled before it ran is sent again, a few times
+
+
+@dataclass
+class Finished:
+    build_id: int
+    request: RunRequest
+    status: BuildStatus
+    runs: list[Run] = field(default_factory=list)
+    added: int = 0
+
+
+def complete_runs(request: RunRequest, parsed: Iterable[Run], why: str) -> list[Run]:
+    """The runs of `parsed` that belong to the request, plus an `infra` run for
+    every requested (test, iteration) the log did not account for: a build that
+    died or printed nothing must never look like fewer, cleaner runs."""
+    wanted = set(request.tests)
+    seen: dict[tuple[str, int], Run] = {}
+    for run in parsed:
+        if run.test in wanted and 1 <= run.iteration <= request.iterations:
+            seen.setdefault((run.test, run.iteration), run)
+    out = []
+    for test in request.tests:
+        for i in range(1, request.iterations + 1):
+            out.append(seen.get((test, i)) or Run(test=test, iteration=i, outcome=Outcome.INFRA, reason=why))
+    return out
+
+
+class Dispatcher:
+    """Keeps requests in flight on one executor and ingests what finishes."""
+
+    def __init__(self, store: Store, executor: Executor, *, slow_threshold_s: float,
+                 campaign_id: Optional[int] = None, poll_seconds: float = 0.0,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.store = store
+        self.executor = executor
+        self.slow_threshold_s = slow_threshold_s
+        self.campaign_id = campaign_id
+        self.poll_seconds = poll_seconds
+        self.sleep = sleep
+        self.in_flight: list[InFlight] = []
+
+    # -- submission -------------------------------------------------------
+
+    def submit(self, request: RunRequest) -> InFlight:
+        build_id = self.store.record_submission(request, self.executor.name, self.campaign_id)
+        handle = self.executor.submit(request)
+        self.store.update_build(build_id, status="queued", external_id=handle)
+        item = InFlight(build_id, request, handle)
+        self.in_flight.append(item)
+        return item
+
+    def resume(self) -> int:
+        """Pick up requests a previous process recorded but never ingested."""
+        resumed = 0
+        for b in self.store.pending_builds(self.campaign_id):
+            request = RunRequest(b["run_id"], b["commit_sha"], tuple(b["tests"]), int(b["iterations"]))
+            if any(f.request.run_id == request.run_id for f in self.in_flight):
+                continue
+            handle = None
+            reattach = getattr(self.executor, "reattach", None)
+            if reattach is not None:
+                handle = reattach(request, b.get("external_id"))
+            if handle is None:
+                handle = self.executor.submit(request)
+            self.store.update_build(b["id"], status="queued", external_id=handle)
+            self.in_flight.append(InFlight(b["id"], request, handle))
+            resumed += 1
+        return resumed
+
+    def free_slots(self) -> int:
+        return max(0, self.executor.slots() - len(self.in_flight))
+
+    # -- completion -------------------------------------------------------
+
+    def collect(self, wait: bool = True) -> list[Finished]:
+        """Poll everything in flight; ingest finished builds. With `wait`, block
+        (polling every poll_seconds) until at least one has finished."""
+        while True:
+            done: list[Finished] = []
+            for item in list(self.in_flight):
+                status = self.executor.poll(item.handle)
+                if status.state in (BuildState.QUEUED, BuildState.RUNNING):
+                    self._note_progress(item, status)
+                    continue
+                if _never_started(status) and item.resubmits < MAX_RESUBMITS:
+                    # Cancelled in the queue: nothing ran, nothing to count.
+                    item.resubmits += 1
+                    item.handle = self.executor.submit(item.request)
+                    self.store.update_build(item.build_id, status="queued", external_id=item.handle)
+                    continue
+                done.append(self._ingest(item, status))
+                self.in_flight.remove(item)
+            if done or not wait or not self.in_flight:
+                return done
+            self.sleep(self.poll_seconds)
+
+    def _note_progress(self, item: InFlight, status: BuildStatus) -> None:
+        # Record build numbers and hosts as soon as they appear: a Jenkins
+        # queue item expires minutes after it leaves the queue.
+        if status.external_id and status.external_id != item.handle:
+            item.handle = status.external_id
+        if status.external_id or status.host or status.url:
+            self.store.update_build(item.build_id, status=status.state.value,
+                                    external_id=status.external_id, host=status.host, url=status.url)
+
+    def _ingest(self, item: InFlight, status: BuildStatus) -> Finished:
+        why = "build lost" if status.state is BuildState.LOST else f"no result in console (rc={status.rc})"
+        try:
+            parsed = list(spdklog.parse_lines(self.executor.console(item.handle),
+                                              slow_threshold_s=self.slow_threshold_s))
+        except ExecutorError as exc:
+            parsed, why = [], f"console unavailable: {exc}"
+        runs = complete_runs(item.request, parsed, why)
+        self.store.update_build(item.build_id, status=status.state.value, external_id=status.external_id,
+                                url=status.url, host=status.host, rc=status.rc,
+                                host_minutes=status.host_minutes, finished=True)
+        added = self.store.ingest_runs(item.build_id, item.request.commit, runs, host=status.host)
+        return Finished(item.build_id, item.request, status, runs, added)
+
+    def cancel_all(self) -> None:
+        for item in self.in_flight:
+            try:
+                self.executor.cancel(item.handle)
+            except ExecutorError:
+                pass  # best effort on abort; the build stays recorded as pending
+
+
+def _never_started(status: BuildStatus) -> bool:
+    """Lost while still queued (e.g. a Jenkins queue item cancelled): no build
+    number was ever given, so no host ran anything."""
+    return (status.state is BuildState.LOST and getattr(status, "queue_id", None) is not None
+            and getattr(status, "build_number", 0) is None)

@@ -1,0 +1,310 @@
+"""The nightly cycle: fetch, run at the branch tip, store, detect, act.
+
+    result = nightly_cycle(cfg, store, history, executor)
+
+1. Fetch `spdk.remote` into the clone. A clone without that remote (the demo
+   repository, a hand-made clone) is not an error: the fetch is *skipped* and
+   the local `spdk.branch` is tested (the result says so in "fetch").
+   A failing fetch (network) is reported and the last fetched tip is used.
+2. The tip: `<remote>/<branch>` when the remote exists, else `<branch>`.
+3. Every configured test runs `nightly.iterations` times at the tip through
+   the executor (the same `run_at` as `flakebot run`); each build is
+   recorded as a nightly (`Store.record_nightly`).
+4. Per test, `analysis.detect` over every stored run on the tip's first-parent
+   history (nightly, campaign, imported runs alike; near misses count).
+5. A rise with P >= `nightly.rise_threshold` opens a bisection campaign
+   (`campaign.open_bisect`) from the newest good commit to the tip, after
+   verifying that good commit with `nightly.iterations` more runs when its
+   evidence is thin, unless a campaign for the test over an overlapping range
+   is open, or a finished one already named a culprit inside the change
+   window (or searched the whole window in vain). Campaigns are only opened
+   here; `flakebot serve` (or `flakebot bisect --resume ID`) drives them.
+   A fall records "appears fixed" with its range.
+6. Rises and falls are kept in the `nightly_events` table (see
+   `ensure_events_table`), one per transition per test, and handed to
+   `notify(event)` (the reporters' hook; None = nobody is told yet).
+
+Everything is recomputed from the store, so a cycle killed half-way loses at
+most the unfinished runs; the next cycle starts afresh.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Callable, Optional, Sequence
+
+from flakebot.analysis.classes import Bins
+from flakebot.analysis.detect import FALL, RISE, Detection, DetectSettings, detect, points_from_runs
+from flakebot.campaign import BisectParams, open_bisect
+from flakebot.config import Config
+from flakebot.history import History, HistoryError
+from flakebot.store import Store
+from flakebot.batch import Stopped, run_at
+from flakebot.wiring import poll_seconds
+
+MAX_VERIFY_ROUNDS = 2
+log = logging.getLogger("flakebot.nightly")
+
+Notify = Callable[[dict], None]
+
+
+# ---------------------------------------------------------------- settings
+
+
+def detect_settings(cfg: Config) -> DetectSettings:
+    n = cfg.nightly
+    return DetectSettings(min_effect=n.min_effect, threshold=n.rise_threshold,
+                          thin_runs=max(1, min(10, n.iterations)))
+
+
+def bins(cfg: Config) -> Bins:
+    return Bins(tuple(cfg.bisect.wait_bins_s), float(cfg.tests.limit_s), float(cfg.tests.slow_threshold_s))
+
+
+# ---------------------------------------------------------------- events table
+#
+def record_event(store: Store, kind: str, test: str, det: Detection, campaign_id: Optional[int] = None) -> int:
+    return store.record_event(kind, test, tip=det.tip, before=det.before, after=det.after,
+                              probability=det.probability, campaign_id=campaign_id, detail=det.to_json())
+
+
+def events(store: Store, test: Optional[str] = None) -> list[dict]:
+    """Recorded rises and falls, oldest first (detail decoded)."""
+    return store.events(test)
+
+
+def appears_fixed(store: Store, test: Optional[str] = None) -> list[dict]:
+    """The "appears fixed" records (falls)."""
+    return [e for e in events(store, test) if e["kind"] == FALL]
+
+
+# ---------------------------------------------------------------- git
+
+
+def fetch_remote(cfg: Config, history: History) -> str:
+    """'fetched', 'skipped: ...' (no such remote in the clone) or 'failed: ...'."""
+    remote = cfg.spdk.remote
+    if remote not in {r.name for r in history.repo.remotes}:
+        return f"skipped: no remote '{remote}' in {history.path}"
+    try:
+        history.fetch(remote)
+    except HistoryError as e:
+        return f"failed: {e}"
+    return "fetched"
+
+
+def resolve_tip(cfg: Config, history: History) -> str:
+    remote, branch = cfg.spdk.remote, cfg.spdk.branch
+    if remote in {r.name for r in history.repo.remotes}:
+        try:
+            return history.resolve(f"{remote}/{branch}")
+        except HistoryError:
+            pass
+    return history.resolve(branch)
+
+
+def first_parent_chain(history: History, tip: str) -> list[str]:
+    """Every commit on tip's first-parent chain, oldest first (one git call)."""
+    out = history.repo.git.rev_list("--first-parent", tip)
+    return out.split()[::-1]
+
+
+# ---------------------------------------------------------------- detection
+
+
+def detect_test(store: Store, test: str, chain: Sequence[str], cfg: Config) -> Detection:
+    rows = store.runs(test=test, include_infra=False)
+    pts = points_from_runs(((r["commit_sha"], r["outcome"], r["worst_wait_s"]) for r in rows), chain, bins(cfg))
+    return detect(pts, detect_settings(cfg))
+
+
+def _overlaps(index: dict[str, int], a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Do the ranges (good, bad] a and b share a commit? Both ends must be on the chain."""
+    try:
+        ag, ab, bg, bb = (index[x] for x in (*a, *b))
+    except KeyError:
+        return False
+    return ag < bb and bg < ab
+
+
+def _known_rise(store: Store, test: str, det: Detection, good: str,
+                index: dict[str, int]) -> Optional[tuple[str, int]]:
+    """An open campaign over a range overlapping good..tip, or a finished one
+    that named a culprit in the change window (safe_before, after] or searched
+    all of it: (why, campaign id)."""
+    window_lo = index.get(det.safe_before or det.before or "")
+    window_hi = index.get(det.after or "")
+    for row in store.open_campaigns():
+        if row["kind"] == "bisect" and row["test"] == test and \
+                _overlaps(index, (row["good"], row["bad"]), (good, det.tip)):
+            return "campaign-open", row["id"]
+    if window_lo is None or window_hi is None:
+        return None
+    for row in store.campaigns():
+        if row["kind"] != "bisect" or row["test"] != test or row["status"] != "done":
+            continue
+        c = index.get(row["culprit"] or "")
+        if row["verdict"] == "culprit" and c is not None and window_lo < c <= window_hi:
+            return "known-culprit", row["id"]
+        g, b = index.get(row["good"]), index.get(row["bad"])
+        if row["verdict"] != "culprit" and g is not None and b is not None and g <= window_lo and window_hi <= b:
+            return "searched-before", row["id"]
+    return None
+
+
+# ---------------------------------------------------------------- the cycle
+
+
+def nightly_cycle(cfg: Config, store: Store, history: History, executor, *,
+                  now: Optional[datetime] = None, fetch: bool = True, notify: Optional[Notify] = None,
+                  should_stop: Callable[[], bool] = lambda: False, quiet: bool = True) -> dict:
+    """One nightly cycle (module docstring). Returns a JSON-able summary:
+
+        {"started_at", "fetch", "tip", "tests": [{"test", "commit", "runs", "outcomes",
+          "detection", "action", "campaign_id", "event_id", "verified"}]}
+
+    action: 'none', 'campaign-opened', 'campaign-open' (one over an overlapping
+    range is open already), 'known-culprit', 'searched-before' (a finished
+    campaign covers the change), 'appears-fixed', 'fall-known' (recorded before).
+    Raises Stopped if should_stop() turns true between steps.
+    """
+    now = now or datetime.now(timezone.utc)
+    fetched = fetch_remote(cfg, history) if fetch else "skipped: not asked"
+    tip = resolve_tip(cfg, history)
+    store.upsert_commits([history.commit(tip)])
+    tests = tuple(cfg.tests.names)
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    prefix = f"nightly-{stamp}-{len(store.nightlies()) + 1}"
+    summary = run_at(store, executor, tip, tests, cfg.nightly.iterations,
+                     slow_threshold_s=cfg.tests.slow_threshold_s, poll_seconds=poll_seconds(cfg),
+                     label=f"nightly {tip[:10]}", quiet=quiet, run_prefix=prefix, should_stop=should_stop)
+    for test in tests:
+        for bid in summary["build_ids"]:
+            store.record_nightly(test, tip, bid)
+    chain = first_parent_chain(history, tip)
+    index = {sha: i for i, sha in enumerate(chain)}
+    out = {"started_at": now.isoformat(timespec="seconds"), "fetch": fetched, "tip": tip, "tests": []}
+    for per_test in summary["tests"]:
+        if should_stop():
+            raise Stopped()
+        test = per_test["test"]
+        entry = {"test": test, "commit": tip, "runs": per_test["runs"], "outcomes": per_test["outcomes"],
+                 "action": "none", "campaign_id": None, "event_id": None, "verified": []}
+        det = detect_test(store, test, chain, cfg)
+        if det.verdict == RISE:
+            det = _verify_good(cfg, store, history, executor, test, chain, det, entry, prefix, quiet,
+                               should_stop)
+        entry["detection"] = det.to_json()
+        if det.verdict == RISE:
+            _act_on_rise(cfg, store, history, test, det, index, entry, notify)
+        elif det.verdict == FALL:
+            _act_on_fall(store, test, det, entry, notify)
+        out["tests"].append(entry)
+    return out
+
+
+def _verify_good(cfg, store, history, executor, test, chain, det, entry, prefix, quiet, should_stop):
+    rounds = 0
+    while det.verdict == RISE and det.thin and rounds < MAX_VERIFY_ROUNDS:
+        if should_stop():
+            raise Stopped()
+        rounds += 1
+        store.upsert_commits([history.commit(det.before)])
+        run_at(store, executor, det.before, [test], cfg.nightly.iterations,
+               slow_threshold_s=cfg.tests.slow_threshold_s, poll_seconds=poll_seconds(cfg),
+               label=f"verify {det.before[:10]}", quiet=quiet, run_prefix=f"{prefix}-verify{rounds}",
+               should_stop=should_stop)
+        entry["verified"].append(det.before)
+        det = detect_test(store, test, chain, cfg)
+    return det
+
+
+def _emit(store: Store, kind: str, test: str, det: Detection, cid: Optional[int], notify: Optional[Notify]) -> int:
+    eid = record_event(store, kind, test, det, cid)
+    if notify is not None:
+        event = next(e for e in events(store, test) if e["id"] == eid)
+        try:
+            notify(event)
+        except Exception as e:  # a reporter's failure must not stop the cycle; reported_at stays NULL
+            log.warning("notify of %s event %s failed: %s", kind, eid, e)
+        else:
+            store.mark_event_reported(eid)
+    return eid
+
+
+def _last_kind(store: Store, test: str) -> Optional[str]:
+    ev = events(store, test)
+    return ev[-1]["kind"] if ev else None
+
+
+def _act_on_rise(cfg, store, history, test, det, index, entry, notify) -> None:
+    good = det.before if not det.thin else det.safe_before
+    known = _known_rise(store, test, det, good, index)
+    if known is not None:
+        entry["action"], entry["campaign_id"] = known
+    else:
+        commits = history.first_parent_range(good, det.tip)
+        cid, resumed = open_bisect(store, test, history.commit(good), commits, BisectParams.from_config(cfg),
+                                   is_ancestor=history.is_ancestor)
+        entry["action"] = "campaign-open" if resumed else "campaign-opened"
+        entry["campaign_id"] = cid
+        entry["bisect"] = {"good": good, "bad": det.tip, "commits": len(commits)}
+    if _last_kind(store, test) != RISE:
+        entry["event_id"] = _emit(store, RISE, test, det, entry["campaign_id"], notify)
+
+
+def _act_on_fall(store, test, det, entry, notify) -> None:
+    if _last_kind(store, test) == FALL:
+        entry["action"] = "fall-known"
+        return
+    entry["action"] = "appears-fixed"
+    entry["event_id"] = _emit(store, FALL, test, det, None, notify)
+
+
+# ---------------------------------------------------------------- demo
+
+
+def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, every: int = 10,
+                start: Optional[int] = None, say: Callable[[str], None] = lambda line: None,
+                now: Optional[datetime] = None) -> dict:
+    """The nightly chain on a demo repository (`demo_repo.build_demo_repo`, with a
+    culprit and optionally a fix; no remote: the fetch is skipped): one nightly
+    cycle every `every` commits from `start` (default: the demo's good commit)
+    to the tip, moving the repository's `master` to each night's tip, and every
+    campaign a night opens driven to its verdict before the next night. The
+    branch is put back at the real tip at the end.
+
+    Returns {"nights": [cycle results], "campaigns": [campaign results],
+    "events": [rise/fall records]}; `say` gets one line per night and campaign."""
+    from datetime import timedelta
+
+    from flakebot.campaign import BisectCampaign
+    from flakebot.wiring import poll_seconds
+
+    now = now or datetime.now(timezone.utc)
+    shas = demo.shas
+    first = demo.good_index if start is None else start
+    tips = list(range(first, len(shas), every))
+    if tips[-1] != len(shas) - 1:
+        tips.append(len(shas) - 1)
+    out: dict = {"nights": [], "campaigns": [], "events": []}
+    try:
+        for n, i in enumerate(tips):
+            history.repo.git.update_ref(f"refs/heads/{cfg.spdk.branch}", shas[i])
+            r = nightly_cycle(cfg, store, history, executor, fetch=False, now=now + timedelta(days=n))
+            out["nights"].append(r)
+            for t in r["tests"]:
+                d = t["detection"]
+                p = f" P={d['probability']:.3f}" if d["verdict"] != "none" else ""
+                say(f"night {n + 1}: tip {shas[i][:10]} (commit {i}): {t['test']}: "
+                    f"{', '.join(f'{k} {v}' for k, v in sorted(t['outcomes'].items()))}; "
+                    f"{d['verdict']}{p}; {t['action']}")
+                if t["action"] == "campaign-opened":
+                    res = BisectCampaign(store, executor, t["campaign_id"], poll_seconds=poll_seconds(cfg)).run()
+                    out["campaigns"].append(res)
+                    say(f"  campaign {res['campaign_id']}: {res['verdict']} {(res.get('culprit') or '')[:10]} "
+                        f"(confidence {res['confidence']:.3f}, {res['runs']} runs)")
+    finally:
+        history.repo.git.update_ref(f"refs/heads/{cfg.spdk.branch}", shas[-1])
+    out["events"] = events(store)
+    return out

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+
+from flakebot.analysis.planner import information, plan
+from flakebot.analysis.posterior import default_prior, known_rates_prior, posterior
+
+PRIOR = default_prior()
+
+
+def cold(n):
+    return np.zeros((n + 1, 3))
+
+
+@pytest.mark.parametrize("free, in_flight", [(1, []), (4, []), (8, [(10, 2), (20, 1)]), (3, [(5, 1)] * 6)])
+def test_fills_every_free_host(free, in_flight):
+    reqs = plan(cold(32), PRIOR, built=set(), in_flight=in_flight, free_hosts=free, build_minutes=10,
+                run_minutes=2, rng=np.random.default_rng(0), iteration_options=(1, 2, 4))
+    assert len(reqs) == free
+    assert all(0 <= j <= 32 and m in (1, 2, 4) for j, m in reqs)
+
+
+def test_deterministic_given_seed():
+    kw = dict(built={3}, in_flight=[(7, 1)], free_hosts=6, build_minutes=10, run_minutes=2,
+              iteration_options=(1, 2))
+    a = plan(cold(64), PRIOR, rng=np.random.default_rng(42), **kw)
+    b = plan(cold(64), PRIOR, rng=np.random.default_rng(42), **kw)
+    assert a == b
+
+
+def test_batch_spreads_over_the_range():
+    reqs = plan(cold(128), PRIOR, built=set(), in_flight=[], free_hosts=8, build_minutes=0, run_minutes=2,
+                rng=np.random.default_rng(1))
+    assert len({j for j, _ in reqs}) >= 4
+
+
+def test_in_flight_is_pending_information():
+    # A known-rates range: one probe's answer is almost certain to be decisive, so
+    # with 6 runs already in flight at the best commit the next host goes elsewhere.
+    prior = known_rates_prior([1, 0, 0], [0.2, 0, 0.8])
+    first = plan(cold(32), prior, built=set(), in_flight=[], free_hosts=1, build_minutes=0, run_minutes=1,
+                 rng=np.random.default_rng(0), tie_tol=0.0)[0][0]
+    nxt = plan(cold(32), prior, built=set(), in_flight=[(first, 6)], free_hosts=1, build_minutes=0,
+               run_minutes=1, rng=np.random.default_rng(0), tie_tol=0.0)[0][0]
+    assert nxt != first
+
+
+@pytest.mark.parametrize("built", [{20}, {12}, {40}])
+def test_prefers_built_commits_when_information_is_close(built):
+    # Cold 64-commit range: information is flat near the best split; a built
+    # commit nearby costs 2 minutes instead of 12 and wins.
+    reqs = plan(cold(64), PRIOR, built=built, in_flight=[], free_hosts=1, build_minutes=10, run_minutes=2,
+                rng=np.random.default_rng(0))
+    assert reqs[0][0] in built
+    # with no build cost it is not forced there
+    free = plan(cold(64), PRIOR, built=set(), in_flight=[], free_hosts=1, build_minutes=0, run_minutes=2,
+                rng=np.random.default_rng(0), tie_tol=0.0)
+    assert free[0][0] not in built
+
+
+def test_build_cost_makes_longer_requests():
+    r = plan(cold(64), PRIOR, built=set(), in_flight=[], free_hosts=1, build_minutes=30, run_minutes=1,
+             rng=np.random.default_rng(0), iteration_options=(1, 2, 4, 8))
+    assert r[0][1] > 1
+
+
+def test_probes_the_predecessor():
+    # Strong evidence that the change is at 9 or 10 (passes at 8, failures at 10),
+    # nothing at 9: the most useful run is at 9.
+    g = cold(16)
+    g[8] = [30, 0, 0]
+    g[10:] = [5, 0, 5]
+    for seed in range(5):
+        r = plan(g, PRIOR, built=set(range(17)), in_flight=[], free_hosts=1, build_minutes=10, run_minutes=2,
+                 rng=np.random.default_rng(seed))
+        assert r[0][0] == 9
+
+
+def test_split_near_q_star_not_the_median():
+    prior = known_rates_prior([1, 0, 0], [0.9, 0, 0.1], p_no_change=1e-9)
+    post = posterior(cold(200), prior, groups=True)
+    j = int(np.argmax(information(post)))
+    assert 0.3 <= post.cdf()[j] <= 0.47
+
+
+def test_information_properties():
+    g = cold(16)
+    g[:6] = [50, 0, 0]
+    g[6:] = [25, 0, 25]
+    post = posterior(g, PRIOR, groups=True)
+    info = information(post)
+    assert np.all(info >= 0)
+    # when the answer is known, no commit is worth much
+    assert info.max() < 0.05
+    assert np.all(information(post, 4) >= info - 1e-12)
+
+
+def test_budget_limits_requests():
+    reqs = plan(cold(32), PRIOR, built=set(), in_flight=[], free_hosts=8, build_minutes=0, run_minutes=2,
+                rng=np.random.default_rng(0), iteration_options=(1, 4), max_new_runs=5)
+    assert sum(m for _, m in reqs) <= 5
+
+
+def test_nothing_worth_running_returns_no_requests():
+    # thresholds above any possible information: no request, no crash
+    reqs = plan(cold(32), PRIOR, built=set(), in_flight=[(3, 1)], free_hosts=4, build_minutes=10, run_minutes=2,
+                rng=np.random.default_rng(0), iteration_options=(1, 2), min_information=10.0)
+    assert reqs == []

@@ -1,0 +1,41 @@
+"""`flakebot bisect --executor jenkins` end to end against the fake Jenkins:
+config file, token from the environment, 4 agents kept busy, right culprit."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from flakebot.cli import main
+from flakebot.demo_repo import build_demo_repo
+from flakebot.fakes.jenkins import FakeJenkins
+from flakebot.sim import Scenario
+from flakebot.store import Store
+
+TEST = "vfio_user_nvme_restart_vm"
+
+
+def test_bisect_through_the_fake_jenkins(tmp_path, monkeypatch):
+    demo = build_demo_repo(tmp_path / "spdk", n_commits=40, seed=4)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("FLAKEBOT_CONFIG", raising=False)
+    fake = FakeJenkins(agents=4, time_scale=0.001, scenario=Scenario.from_repo(str(demo.path)))
+    with fake as url:
+        cfg = tmp_path / "flakebot.toml"
+        cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
+                       f'token_env = "TEST_JENKINS_TOKEN"\npoll_seconds = 0.02\n')
+        monkeypatch.setenv("TEST_JENKINS_TOKEN", fake.token)
+        db = tmp_path / "f.db"
+        r = CliRunner().invoke(main, ["--config", str(cfg), "bisect", "--good", demo.good, "--bad", demo.tip,
+                                      "--test", TEST, "--repo", str(demo.path), "--db", str(db), "--json"],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.output)
+        assert (out["verdict"], out["culprit"]) == ("culprit", demo.culprit)
+        assert fake.max_running == 4  # every agent was kept busy at some point
+        assert fake.token not in r.output
+        with Store(db) as s:
+            builds = s.builds(out["campaign_id"])
+        # Every build is a real Jenkins build: its URL and the agent that ran it are stored.
+        assert all(b["url"].startswith(url) and b["host"] for b in builds)
+        assert len({b["host"] for b in builds}) == 4
