@@ -32,6 +32,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -264,27 +265,48 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {self.path}: {e}") from None
         try:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            # Reading the schema is the first thing that fails on a non-SQLite file.
-            version = self._read_version(conn)
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database schema v{version} is newer than this flakebot "
-                    f"(v{SCHEMA_VERSION}); upgrade flakebot"
-                )
-            conn.execute("PRAGMA foreign_keys=ON")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if mode.lower() != "wal":
-                    raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
-            self.db = sqlite_utils.Database(conn, execute_plugins=False)
-            self._migrate()
+            self._open(conn)
         except StoreError:
             conn.close()
             raise
         except sqlite3.DatabaseError as e:
             conn.close()
             raise StoreError(f"{self.path} is not a usable flakebot database: {e}") from None
+
+    def _open(self, conn: sqlite3.Connection) -> None:
+        """Check the schema version, switch to WAL, migrate. Several processes
+        opening a new database at once can get SQLITE_BUSY where SQLite does not
+        call the busy handler (e.g. while another switches the journal mode):
+        retry that, within the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.01
+        while True:
+            try:
+                return self._open_once(conn)
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _open_once(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # Reading the schema is the first thing that fails on a non-SQLite file.
+        version = self._read_version(conn)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema v{version} is newer than this flakebot "
+                f"(v{SCHEMA_VERSION}); upgrade flakebot"
+            )
+        conn.execute("PRAGMA foreign_keys=ON")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
+        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+        self._migrate()
 
     # ------------------------------------------------------------ plumbing
 

@@ -19,7 +19,8 @@ def test_bisect_through_the_fake_jenkins(tmp_path, monkeypatch):
     demo = build_demo_repo(tmp_path / "spdk", n_commits=40, seed=4)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.delenv("FLAKEBOT_CONFIG", raising=False)
-    fake = FakeJenkins(agents=4, time_scale=0.001, scenario=Scenario.from_repo(str(demo.path)))
+    # Builds last long enough (1 simulated minute = 20 ms) that all four overlap.
+    fake = FakeJenkins(agents=4, time_scale=0.02, scenario=Scenario.from_repo(str(demo.path)))
     with fake as url:
         cfg = tmp_path / "flakebot.toml"
         cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
