@@ -182,19 +182,18 @@ class BisectCampaign:
         """The prior from the counts stored when the campaign began, each side
         capped at history_cap pseudo-runs so old data cannot dominate."""
         stored = self.row["params"].get("prior_counts") or {}
-        base, at_bad = stored.get("baseline"), stored.get("bad")
-        if not any(base or ()) and not any(at_bad or ()):
+        base = stored.get("baseline") if any(stored.get("baseline") or ()) else None
+        at_bad = stored.get("bad") if any(stored.get("bad") or ()) else None
+        if base is None and at_bad is None:
             return None
-        return prior_from_evidence(base if any(base or ()) else None, at_bad if any(at_bad or ()) else None,
-                                   cap=self.params.history_cap, bins=self.params.bins)
+        return prior_from_evidence(base, at_bad, cap=self.params.history_cap, bins=self.params.bins)
 
-    def spent(self) -> tuple[int, float, set[int]]:
-        """(evidence runs, host minutes, built positions) of this campaign."""
+    def spent(self) -> tuple[float, set[int]]:
+        """(host minutes, built positions) of this campaign."""
         builds = self.store.builds(self.cid)
         host_minutes = sum(b["host_minutes"] or 0.0 for b in builds)
         built = {self.index[b["commit_sha"]] for b in builds if b["commit_sha"] in self.index}
-        runs = len(self.store.runs(test=self.test, campaign_id=self.cid, include_infra=False))
-        return runs, host_minutes, built
+        return host_minutes, built
 
     # -- the loop --------------------------------------------------------
 
@@ -206,12 +205,13 @@ class BisectCampaign:
         seq = len(self.store.builds(self.cid))
         while True:
             counts = self.counts()
-            runs, host_minutes, built = self.spent()
+            runs = sum(map(sum, counts))  # evidence runs (infra never counts)
+            host_minutes, built = self.spent()
             in_flight = [(self.index[f.request.commit], f.request.iterations) for f in self.dispatcher.in_flight]
             s = step(counts, built, runs, host_minutes, in_flight, self.dispatcher.free_slots(), settings)
             self._report(s, runs)
             if s.verdict and not self.dispatcher.in_flight:
-                return self._finish(s, counts, settings)
+                return self._finish(s)
             if not s.verdict:
                 for j, iterations in s.requests:
                     seq += 1
@@ -221,10 +221,15 @@ class BisectCampaign:
                 # stop rule must decide; ask it with the budget declared spent.
                 s = step(counts, built, runs, host_minutes, [], 0,
                          replace(settings, max_runs=min(runs, settings.max_runs or runs)))
-                return self._finish(s, counts, settings)
+                return self._finish(s)
             self.dispatcher.collect(wait=True)
 
     def abort(self) -> None:
+        """Stop the campaign: cancel its builds still out (found again after a
+        restart) and close it as aborted. What finished stays stored."""
+        if self.row["status"] != "open":
+            raise ValueError(f"campaign {self.cid} is {self.row['status']}, not open")
+        self.dispatcher.resume(resubmit=False)
         self.dispatcher.cancel_all()
         self.store.update_campaign(self.cid, status="aborted")
 
@@ -237,7 +242,7 @@ class BisectCampaign:
 
     # -- the result ------------------------------------------------------
 
-    def _finish(self, s: Step, counts, settings: EngineSettings) -> dict:
+    def _finish(self, s: Step) -> dict:
         result = self.result(s)
         culprit = self.shas[s.culprit] if s.verdict == Verdict.CULPRIT.value else None
         self.store.finish_campaign(self.cid, s.verdict, culprit, float(s.confidence), result)

@@ -137,10 +137,12 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
             if row["kind"] == "bisect":
                 camp = BisectCampaign(store, None, row["id"])
                 s = camp.settings()
-                post = posterior(camp.counts(), s.prior, list(s.commit_weights) if s.commit_weights else None,
+                counts = camp.counts()
+                post = posterior(counts, s.prior, list(s.commit_weights) if s.commit_weights else None,
                                  bins=s.bins)
                 (top, p), = post.top(1)
-                runs, host_minutes, _ = camp.spent()
+                runs = sum(map(sum, counts))
+                host_minutes, _ = camp.spent()
                 c = store.get_commit(camp.shas[top])
                 item.update(commits=len(camp.shas) - 1, runs=runs, builds=len(store.builds(row["id"])),
                             pending=len(store.pending_builds(row["id"])), host_minutes=round(host_minutes, 1),

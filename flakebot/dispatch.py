@@ -85,8 +85,10 @@ class Dispatcher:
         self.in_flight.append(item)
         return item
 
-    def resume(self) -> int:
-        """Pick up requests a previous process recorded but never ingested."""
+    def resume(self, resubmit: bool = True) -> int:
+        """Pick up requests a previous process recorded but never ingested:
+        reattach where the executor can, else (with `resubmit`) send the same
+        request again under its run id."""
         resumed = 0
         for b in self.store.pending_builds(self.campaign_id):
             request = RunRequest(b["run_id"], b["commit_sha"], tuple(b["tests"]), int(b["iterations"]))
@@ -97,6 +99,8 @@ class Dispatcher:
             if reattach is not None:
                 handle = reattach(request, b.get("external_id"))
             if handle is None:
+                if not resubmit:
+                    continue
                 handle = self.executor.submit(request)
             self.store.update_build(b["id"], status="queued", external_id=handle)
             self.in_flight.append(InFlight(b["id"], request, handle))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from flakebot.cli import main
@@ -40,3 +41,52 @@ def test_bisect_through_the_fake_jenkins(tmp_path, monkeypatch):
         # Every build is a real Jenkins build: its URL and the agent that ran it are stored.
         assert all(b["url"].startswith(url) and b["host"] for b in builds)
         assert len({b["host"] for b in builds}) == 4
+
+
+class Killed(Exception):
+    pass
+
+
+def test_abort_stops_the_campaigns_running_builds(tmp_path, monkeypatch):
+    """A bot killed with builds running; `flakebot bisect --abort ID` from a new
+    process finds them on Jenkins and stops them; what finished stays stored."""
+    from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+    from flakebot.executors.jenkins import JenkinsExecutor
+    from flakebot.fakes.jenkins import DEFAULT_JOB
+    from flakebot.history import History
+
+    demo = build_demo_repo(tmp_path / "spdk", n_commits=40, seed=4)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("FLAKEBOT_CONFIG", raising=False)
+    # Slow builds (1 simulated minute = 0.3 s): still running when we abort.
+    fake = FakeJenkins(agents=4, time_scale=0.3, scenario=Scenario.from_repo(str(demo.path)))
+    with fake as url:
+        db = tmp_path / "f.db"
+        hist = History(demo.path)
+        with Store(db) as store:
+            cid, _ = open_bisect(store, TEST, hist.commit(demo.good), hist.first_parent_range(demo.good, demo.tip),
+                                 BisectParams(seed=1))
+            ex = JenkinsExecutor(url, fake.user, fake.token, poll_seconds=0.02)
+
+            def die(progress):
+                if progress.in_flight:  # a build came back, the others are still running
+                    raise Killed()
+
+            with pytest.raises(Killed):
+                BisectCampaign(store, ex, cid, poll_seconds=0.02, on_progress=die).run()
+            assert store.pending_builds(cid)
+        cfg = tmp_path / "flakebot.toml"
+        cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
+                       f'token_env = "TEST_JENKINS_TOKEN"\npoll_seconds = 0.02\n')
+        monkeypatch.setenv("TEST_JENKINS_TOKEN", fake.token)
+        r = CliRunner().invoke(main, ["--config", str(cfg), "bisect", "--abort", str(cid), "--db", str(db)],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        with Store(db) as store:
+            assert store.get_campaign(cid)["status"] == "aborted"
+        builds = list(fake.jobs[DEFAULT_JOB].builds.values())
+        assert builds and all(not b.building for b in builds)
+        assert any(b.result == "ABORTED" for b in builds)
+        # Aborting twice is bad input: one line, exit 2.
+        r = CliRunner().invoke(main, ["--config", str(cfg), "bisect", "--abort", str(cid), "--db", str(db)])
+        assert r.exit_code == 2 and "not open" in r.output
