@@ -163,13 +163,20 @@ def import_log(ctx, files, commit, tests, db, repo, as_json):
 @click.option("--max-runs", type=int, help="Budget: most test runs (default bisect.max_runs).")
 @click.option("--max-host-hours", type=float, help="Budget: most host hours; 0 = no limit.")
 @click.option("--resume", "resume_id", type=int, help="Continue campaign ID.")
+@click.option("--abort", "abort_id", type=int, help="Stop campaign ID: cancel its builds still running, close it.")
 @executor_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_context
 @guard
-def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, resume_id,
+def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, resume_id, abort_id,
            db, executor, command_, repo, seed, as_json):
     """Find the commit in GOOD..BAD that raised TEST's failure rate."""
+    if abort_id is not None:
+        cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
+        with open_store(cfg) as store:
+            BisectCampaign(store, build_executor(cfg), abort_id).abort()
+        out.print(f"campaign {abort_id} aborted; its finished runs stay stored")
+        return
     for name, v in (("--max-runs", max_runs), ("--max-host-hours", max_host_hours)):
         if v is not None and v < 0:
             raise InputError(f"{name} must not be negative (got {v})")
@@ -220,6 +227,10 @@ def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool) -> dict:
         try:
             return camp.run()
         except KeyboardInterrupt:
+            if not hasattr(ex, "reattach"):
+                # A local run cannot be found again after we exit: stop it now
+                # rather than leave it running beside the resumed one.
+                camp.dispatcher.cancel_all()
             err.print(f"interrupted; every finished run is stored. Continue with: flakebot bisect --resume {cid}")
             raise SystemExit(130)
 
@@ -341,6 +352,7 @@ def demo(ctx, workdir, iterations, seed, as_json):
 # Commands kept in their own modules (they do not import this one).
 from flakebot.cli_report import report  # noqa: E402
 from flakebot.cli_service import nightly, serve, status  # noqa: E402
+from flakebot.cli_review import poll, verify  # noqa: E402
 
-for _command in (report, nightly, serve, status):
+for _command in (report, nightly, serve, status, verify, poll):
     main.add_command(_command)

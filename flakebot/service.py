@@ -10,13 +10,23 @@ History and executor):
   `nightly.misfire_grace_minutes`. A run missed while the service was down
   (its fire time within the grace and no nightly recorded since) runs once
   at start.
-- ``campaigns``: the campaign driver: every open bisection campaign, oldest
-  first, one at a time, is driven to its verdict with `BisectCampaign.run()`.
+- ``campaigns``: the campaign driver: every open campaign, oldest first, one
+  at a time, is driven to its verdict (`BisectCampaign.run()`,
+  `VerifyCampaign.run()` for the verify campaigns review commands start).
   It first runs at start, so a restart resumes every open campaign (the
   campaign loop recomputes everything from the store: nothing finished is
-  lost or counted twice).
-- ``review-poller``: the slot for the review-comment poller, every
-  `commands.poll_minutes`; a no-op until a poller callable is given.
+  lost or counted twice). Each finished campaign's result is delivered
+  (`review_service.deliver_campaign`: the culprit's Gerrit change and PR, the
+  tracking issue, the review threads that asked); queued deliveries are
+  retried (`outbox.flush`) when the driver starts and after each campaign.
+- ``review-poller``: every `commands.poll_minutes`, one pass of the Gerrit and
+  GitHub comment pollers (`review_service.poll_pass`: commands start their
+  campaigns, refusals are answered), then an outbox flush. Nothing to do
+  when neither Gerrit nor GitHub is configured.
+
+Nightly rises and falls are posted on the test's tracking issue
+(`review_service.notifier`) when GitHub is configured, unless another
+``notify`` is given.
 
 One instance per database: an exclusive ``fcntl.flock`` on ``<db>.lock``
 (next to the database). A second `flakebot serve` on the same database ends
@@ -30,6 +40,7 @@ stops between its steps.
 from __future__ import annotations
 
 import contextlib
+import json
 import fcntl
 import logging
 import os
@@ -37,17 +48,20 @@ import signal
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from flakebot import review_service
 from flakebot.campaign import BisectCampaign
 from flakebot.config import Config
 from flakebot.nightly import Notify, Stopped, nightly_cycle
 from flakebot.report import write_reports
+from flakebot.reporters import outbox
+from flakebot.verify import VerifyCampaign
 from flakebot.wiring import build_executor, open_history, open_store, poll_seconds
 
 log = logging.getLogger("flakebot.service")
@@ -155,9 +169,14 @@ class Service:
         of the config); tests pass e.g. IntervalTrigger(seconds=1).
     executor_factory(cfg) / history_factory(cfg): how each job gets its executor
         and clone (default: wiring.build_executor / wiring.open_history).
-    notify(event): the reporters' hook for rises and falls (nightly).
-    on_campaign_done(result): called with each finished campaign's result.
-    poller(): the review-comment poller, run every commands.poll_minutes.
+    notify(event): the reporters' hook for rises and falls (nightly); default:
+        post them on the test's tracking issue.
+    on_campaign_done(result): called with each finished campaign's result
+        (after its deliveries are queued and a post was tried).
+    poller(): the review-comment poller, run every commands.poll_minutes;
+        default: `review_service.poll_pass` with the configured platforms.
+    reporters_factory(cfg): the reporters results are delivered with (default
+        `outbox.reporters_from_config`: none when nothing is configured).
     """
 
     def __init__(self, cfg: Config, *, nightly_trigger=None, driver_seconds: float = DRIVER_SECONDS,
@@ -166,15 +185,18 @@ class Service:
                  notify: Optional[Notify] = None,
                  on_campaign_done: Callable[[dict], None] = lambda result: None,
                  poller: Optional[Callable[[], None]] = None,
+                 reporters_factory: Optional[Callable[[Config], Mapping]] = None,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.cfg = cfg
         self._nightly_trigger = nightly_trigger
         self.driver_seconds = driver_seconds
         self.executor_factory = executor_factory
         self.history_factory = history_factory
+        self.reporters_factory = reporters_factory or outbox.reporters_from_config
+        self._reporters_cache: Optional[Mapping] = None
         self.notify = notify
         self.on_campaign_done = on_campaign_done
-        self.poller = poller
+        self.poller = poller if poller is not None else self.review_pass
         self.now = now
         self.stopping = threading.Event()
         self.scheduler: Optional[BlockingScheduler] = None
@@ -234,7 +256,7 @@ class Service:
             with self._resources() as (store, history, ex):
                 if history is None:
                     raise RuntimeError("no SPDK clone configured (spdk.repo)")
-                result = nightly_cycle(self.cfg, store, history, ex, now=self.now(), notify=self.notify,
+                result = nightly_cycle(self.cfg, store, history, ex, now=self.now(), notify=self._notify(),
                                        should_stop=self.stopping.is_set)
                 result["report"] = str(self._write_reports(store).path)
             self.nightly_results.append(result)
@@ -244,31 +266,87 @@ class Service:
             return result
         return None
 
+    def _reporters(self) -> Mapping:
+        """The reporters (built once per service from the config)."""
+        if self._reporters_cache is None:
+            self._reporters_cache = self.reporters_factory(self.cfg)
+        return self._reporters_cache
+
+    def _notify(self) -> Optional[Notify]:
+        """The nightly hook: the given one, else the tracking-issue poster when
+        GitHub is configured (else None: events stay unreported)."""
+        if self.notify is not None:
+            return self.notify
+        if "github" not in self._reporters():
+            return None
+        return review_service.notifier(self.cfg, self._reporters, lambda: open_store(self.cfg))
+
+    def _flush(self, store) -> None:
+        reporters = self._reporters()
+        if reporters:
+            outbox.flush(store, reporters)
+
+    # Campaigns being driven whose deliveries are not queued yet: a process
+    # killed between storing a result and queueing its deliveries queues
+    # them at the next start (the result is in the store, so nothing is lost).
+    UNDELIVERED = "deliver:pending"
+
+    def _undelivered(self, store, add: Optional[int] = None, remove: Optional[int] = None) -> list[int]:
+        ids = json.loads(store.get_meta(self.UNDELIVERED) or "[]")
+        if add is not None and add not in ids:
+            ids.append(add)
+        if remove is not None and remove in ids:
+            ids.remove(remove)
+        if add is not None or remove is not None:
+            store.set_meta(self.UNDELIVERED, json.dumps(ids))
+        return ids
+
+    def _deliver(self, store, campaign_id: int) -> None:
+        reporters = self._reporters()
+        if reporters:
+            review_service.deliver_campaign(store, self.cfg, campaign_id, reporters, post=False)
+        self._undelivered(store, remove=campaign_id)
+        if reporters:
+            outbox.flush(store, reporters)
+
     def drive_campaigns(self) -> list[dict]:
-        """Drive every open bisection campaign to its verdict, oldest first, one at a time."""
+        """Drive every open campaign (bisect and verify) to its verdict, oldest
+        first, one at a time; deliver each result."""
         done: list[dict] = []
         with self._job("campaigns"):
             with self._resources() as (store, history, ex):
+                for cid in self._undelivered(store):
+                    if store.get_campaign(cid)["status"] != "open":
+                        self._deliver(store, cid)
+                self._flush(store)  # a restart retries what an earlier process left queued
                 for row in store.open_campaigns():
                     self._check_stop()
-                    if row["kind"] != "bisect":
-                        continue  # verify campaigns belong to the review-command driver
-                    log.info("campaign %s: driving %s %s..%s", row["id"], row["test"], row["good"][:10],
-                             row["bad"][:10])
-                    camp = BisectCampaign(store, ex, row["id"],
-                                          poll_seconds=poll_seconds(self.cfg), on_progress=self._check_stop)
+                    if row["kind"] not in ("bisect", "verify"):
+                        continue
+                    log.info("campaign %s: driving %s %s %s..%s", row["id"], row["kind"], row["test"],
+                             row["good"][:10], row["bad"][:10])
+                    if row["kind"] == "verify":
+                        camp = VerifyCampaign(store, ex, row["id"], poll_seconds=poll_seconds(self.cfg),
+                                              on_progress=self._check_stop)
+                    else:
+                        camp = BisectCampaign(store, ex, row["id"],
+                                              poll_seconds=poll_seconds(self.cfg), on_progress=self._check_stop)
                     camp.dispatcher.sleep = self._sleep
+                    self._undelivered(store, add=row["id"])
                     result = camp.run()
-                    loc = self._write_reports(store, row["id"])
-                    if loc.url and result.get("report_url") != loc.url:
-                        # Comments link to the page: keep its address with the stored result.
-                        result = {**result, "report_url": loc.url}
-                        store.finish_campaign(row["id"], result["verdict"], result["culprit"],
-                                              result["confidence"], result)
+                    if row["kind"] == "bisect":
+                        loc = self._write_reports(store, row["id"])
+                        if loc.url and result.get("report_url") != loc.url:
+                            # Comments link to the page: keep its address with the stored result.
+                            result = {**result, "report_url": loc.url}
+                            store.finish_campaign(row["id"], result["verdict"], result["culprit"],
+                                                  result["confidence"], result)
                     log.info("campaign %s: %s %s", row["id"], result.get("verdict"),
                              (result.get("culprit") or "")[:10])
                     done.append(result)
                     self.campaign_results.append(result)
+                    # The result is in the store; now queue its deliveries and try them.
+                    self._deliver(store, row["id"])
                     self.on_campaign_done(result)
         return done
 
@@ -283,6 +361,29 @@ class Service:
             self._check_stop()
             if self.poller is not None:
                 self.poller()
+
+    def review_pass(self) -> Optional[dict]:
+        """One pass of the review pollers (the default poller): commands start
+        their campaigns (the campaign driver runs them), refusals and queued
+        deliveries are posted. Returns the pass report, or None with no
+        Gerrit/GitHub configured."""
+        reporters = self._reporters()
+        clients = review_service.clients_of(reporters)
+        if not clients and not reporters:
+            return None
+        store = open_store(self.cfg)
+        history = None
+        try:
+            history = self.history_factory(self.cfg)
+            rep = review_service.poll_pass(self.cfg, store, history, clients=clients, reporters=reporters,
+                                           should_stop=self.stopping.is_set)
+        finally:
+            if history is not None:
+                history.close()
+            store.close()
+        for platform, e in rep.errors.items():
+            self.errors.append(f"review-poller: {platform}: {e}")
+        return rep.as_json()
 
     # -- scheduling -----------------------------------------------------
 

@@ -181,7 +181,11 @@ class VerifyCampaign:
             disp.collect(wait=True)
 
     def abort(self) -> None:
+        """Stop the campaign: cancel its builds still out, close it as aborted."""
+        if self.row["status"] != "open":
+            raise ValueError(f"campaign {self.cid} is {self.row['status']}, not open")
         if self.dispatcher is not None:
+            self.dispatcher.resume(resubmit=False)
             self.dispatcher.cancel_all()
         self.store.update_campaign(self.cid, status="aborted")
 

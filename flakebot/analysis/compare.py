@@ -29,7 +29,7 @@ def prob_lower(k_a: float, n_a: float, k_b: float, n_b: float, *, a: float = 0.5
                grid: int = GRID) -> float:
     """P(p_a < p_b) for rates with k_a/n_a and k_b/n_b failures, independent
     Beta(a + k, b + n - k) posteriors. Ties have probability 0, so
-    ``prob_lower(a..., b...) + prob_lower(b..., a...) == 1``."""
+    ``prob_lower(a..., b...) + prob_lower(b..., a...)`` is 1 to within about 1e-5."""
     for k, n in ((k_a, n_a), (k_b, n_b)):
         if n < 0 or k < 0 or k > n:
             raise ValueError(f"need 0 <= k <= n (got k={k}, n={n})")
