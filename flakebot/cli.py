@@ -10,6 +10,7 @@ import hashlib
 import json
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -280,6 +281,7 @@ def _rate(x: dict) -> str:
 # --------------------------------------------------------------------- demo
 
 DEMO_COMMITS, DEMO_TIP, DEMO_FIX = 220, 199, 205
+DEMO_FIRST_NIGHT = datetime(2024, 6, 1, 2, 30, tzinfo=timezone.utc)
 
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to build the demo repo and database "
@@ -297,6 +299,7 @@ def demo(ctx, workdir, iterations, seed, as_json):
     then, once the fix lands upstream, notice the fall; the HTML report."""
     from flakebot.demo_repo import build_demo_repo
     from flakebot.nightly import demo_nights
+    from flakebot.reporters.outbox import deliver_result, reporters_from_config
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="flakebot-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -326,17 +329,26 @@ def demo(ctx, workdir, iterations, seed, as_json):
             print_run_table(tip, f"tip {tip_sha[:10]}")
             say(f"nightly cycles along the history, every 10 commits from the old commit; the fix lands "
                 f"upstream at commit {DEMO_FIX}:")
-        chain = demo_nights(cfg, store, history, ex, demo_repo, say=lambda line: say(line, highlight=False))
+        # A fixed first night: run ids carry the night's date, and the sim hosts
+        # are seeded by run id, so the same seed gives the same demo.
+        chain = demo_nights(cfg, store, history, ex, demo_repo, now=DEMO_FIRST_NIGHT,
+                            say=lambda line: say(line, highlight=False))
         campaigns = chain["campaigns"]
         result = campaigns[0] if campaigns else None
         report = write_reports(store, base / "reports", base_url=cfg.report.base_url or None,
                                campaign_id=result["campaign_id"] if result else None)
+        comments = base / "comments"
+        if result:
+            # What the bot would post on Gerrit and GitHub, written to files instead.
+            deliver_result(store, result, reporters_from_config(cfg, dry_run=str(comments)),
+                           tracking_issues=cfg.github.tracking_issues)
     right = bool(result) and result["culprit"] == demo_repo.culprit
     fall = next((e for e in chain["events"] if e["kind"] == "fall"), None)
     if as_json:
         click.echo(json.dumps({"workdir": str(base), "old": old, "tip": tip, "bisect": result,
                                "events": chain["events"], "true_culprit": demo_repo.culprit, "found": right,
-                               "true_fix": demo_repo.fix, "report": str(report.path)}, indent=2))
+                               "true_fix": demo_repo.fix, "report": str(report.path),
+                               "comments": sorted(str(p) for p in comments.glob("*"))}, indent=2))
         return
     if result:
         print_bisect_result(result)
@@ -346,6 +358,7 @@ def demo(ctx, workdir, iterations, seed, as_json):
     if fall:
         say(f"appears fixed: the fall is in {fall['before_sha'][:10]}..{fall['after_sha'][:10]} "
             f"(P={fall['probability']:.3f}); the fix is {demo_repo.fix[:10]} (commit {DEMO_FIX})", highlight=False)
+    say(f"comments the bot would post (dry run): {comments}", highlight=False)
     say(f"report: {report.path}", highlight=False)
 
 

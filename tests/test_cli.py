@@ -194,3 +194,19 @@ def test_demo_finds_the_culprit(tmp_path):
     assert repo.is_ancestor(fall["before_sha"], out["true_fix"]) and fall["before_sha"] != out["true_fix"]
     assert repo.is_ancestor(out["true_fix"], fall["after_sha"])
     assert Path(out["report"]).is_file()
+    # The dry-run reporters wrote what would be posted: Gerrit, GitHub, the tracking issue.
+    texts = [Path(p).read_text() for p in out["comments"]]
+    assert len(texts) >= 3 and all(out["true_culprit"][:10] in t for t in texts)
+
+
+def test_bisect_is_reproducible_by_seed(tmp_path, demo):
+    """Same seed, same command, fresh databases: the same campaign, run for run."""
+    outs = []
+    for name in ("a.db", "b.db"):
+        r = invoke("bisect", "--good", demo.good, "--bad", demo.tip, "--test", TEST, "--repo", demo.path,
+                   "--db", tmp_path / name, "--seed", 7, "--json")
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.output)
+        out.pop("wall_seconds")
+        outs.append(out)
+    assert outs[0] == outs[1]
