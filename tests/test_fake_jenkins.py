@@ -19,11 +19,15 @@ AUTH = (USER, TOKEN)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch):
+def direct_to_loopback(monkeypatch) -> None:
     """Talk to the fake on 127.0.0.1 directly, even where a proxy is configured."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch):
+    direct_to_loopback(monkeypatch)
 
 
 @pytest.fixture

@@ -32,9 +32,22 @@ def make_fake_spdk(tmp: Path) -> tuple[Path, str]:
     return spdk, git(spdk, "rev-parse", "HEAD")
 
 
-def host_env(tmp: Path, spdk: Path, sha: str, **over) -> dict[str, str]:
+def fake_env(tmp: Path, **over) -> dict[str, str]:
+    """The environment the fake SPDK tree runs in (its state in tmp/state), plus ``over``."""
     state = tmp / "state"
     state.mkdir(exist_ok=True)
+    env = {
+        "FLAKEBOT_MEMINFO": str(tmp / "meminfo"),
+        "FLAKEBOT_OUTPUT_BASE": str(tmp / "out"),
+        "FAKE_SPDK_STATE": str(state),
+        "FAKE_SPDK_PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT),
+    }
+    env.update({k: str(v) for k, v in over.items()})
+    return env
+
+
+def host_env(tmp: Path, spdk: Path, sha: str, **over) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "FLAKEBOT_COMMIT": sha,
@@ -42,13 +55,8 @@ def host_env(tmp: Path, spdk: Path, sha: str, **over) -> dict[str, str]:
         "FLAKEBOT_ITERATIONS": "2",
         "FLAKEBOT_RUN_ID": "run-1",
         "SPDK_DIR": str(spdk),
-        "FLAKEBOT_MEMINFO": str(tmp / "meminfo"),
-        "FLAKEBOT_OUTPUT_BASE": str(tmp / "out"),
-        "FAKE_SPDK_STATE": str(state),
-        "FAKE_SPDK_PYTHON": sys.executable,
-        "PYTHONPATH": str(ROOT),
     })
-    env.update({k: str(v) for k, v in over.items()})
+    env.update(fake_env(tmp, **over))
     return env
 
 

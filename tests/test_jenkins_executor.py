@@ -13,6 +13,7 @@ from flakebot.executors.base import ExecutorError
 from flakebot.executors.jenkins import Handle, JenkinsExecutor
 from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins
 from flakebot.model import BuildState, RunRequest
+from tests.test_fake_jenkins import direct_to_loopback
 
 USER, TOKEN = "flakebot", "s3cret-api-token-123"
 NVME = "vfio_user_nvme_restart_vm"
@@ -35,9 +36,7 @@ def make_ex(url: str, **kw) -> JenkinsExecutor:
 
 @pytest.fixture(autouse=True)
 def _loopback_only(monkeypatch):
-    """Talk to the fake on 127.0.0.1 directly, even where a proxy is configured."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    direct_to_loopback(monkeypatch)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from flakebot.executors.base import ExecutorError
 from flakebot.executors.local import LocalExecutor, resolve_command
 from flakebot.model import BuildState, RunRequest
 
-from tests.test_host_script import NVME, ROOT, make_fake_spdk
+from tests.test_host_script import NVME, ROOT, fake_env, make_fake_spdk
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -158,20 +157,6 @@ def test_made_by_name(tmp_path):
 
 
 # ------------------------------------------------------------------ end to end with the host script
-
-
-def fake_env(tmp: Path, **over) -> dict[str, str]:
-    state = tmp / "state"
-    state.mkdir(exist_ok=True)
-    env = {
-        "FLAKEBOT_MEMINFO": str(tmp / "meminfo"),
-        "FLAKEBOT_OUTPUT_BASE": str(tmp / "out"),
-        "FAKE_SPDK_STATE": str(state),
-        "FAKE_SPDK_PYTHON": sys.executable,
-        "PYTHONPATH": str(ROOT),
-    }
-    env.update({k: str(v) for k, v in over.items()})
-    return env
 
 
 def test_host_script_end_to_end(tmp_path):

@@ -12,24 +12,10 @@ from flakebot.fakes.github import FakeGitHub
 from flakebot.reporters import (AuthError, BadRequest, Item, MaybePosted, NotFound,
                                 RateLimited, github_marker)
 from flakebot.reporters.github import GitHubClient, GitHubReporter
+from tests.helpers_review import FakeClock
 
 TOKEN = "ghp_SECRETtoken123"
 SHA = "cc1a07f73a" + "2" * 30
-
-
-class FakeClock:
-    """sleep() advances time instead of waiting."""
-
-    def __init__(self):
-        self.t = time.time()
-        self.sleeps: list[float] = []
-
-    def time(self):
-        return self.t
-
-    def sleep(self, s):
-        self.sleeps.append(s)
-        self.t += s
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 
@@ -14,23 +13,11 @@ from flakebot.reporters.dryrun import DryRunReporter, dryrun_reporters
 from flakebot.reporters.gerrit import DEFAULT_TAG, GerritClient, GerritReporter
 from flakebot.reporters.github import GitHubClient, GitHubReporter
 from flakebot.store import Store
+from tests.helpers_review import FakeClock
 from tests.test_render import CULPRIT, bisect_result, verify_result
 
 TOKEN = "tok"
 TRACKING = {"vfio_user_nvme_restart_vm": 3322}
-
-
-class Clock:
-    def __init__(self):
-        self.t = time.time()
-        self.sleeps: list[float] = []
-
-    def time(self):
-        return self.t
-
-    def sleep(self, s):
-        self.sleeps.append(s)
-        self.t += s
 
 
 class Killed(BaseException):
@@ -59,7 +46,7 @@ class KillAfterPost:
 
 @pytest.fixture
 def env(tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     with FakeGerrit({"flakebot": "pw"}) as g, FakeGitHub(token=TOKEN) as gh:
         change = g.add_change(CULPRIT, status="MERGED", subject="test/vfio_user: x")
         gh.add_issue(3322)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -30,6 +29,7 @@ from flakebot.reporters.gerrit import DEFAULT_TAG, GerritClient, GerritReporter
 from flakebot.reporters.github import GitHubClient, GitHubReporter
 from flakebot.service import Service
 from flakebot.store import Store
+from tests.helpers_review import FakeClock
 
 TEST = "vfio_user_nvme_restart_vm"
 CULPRIT, FIX = 40, 50
@@ -38,21 +38,6 @@ ISSUE = 3322
 
 class Killed(BaseException):
     pass
-
-
-class Clock:
-    """Fake time for the reporters: rate-limit waits are recorded, not slept."""
-
-    def __init__(self):
-        self.t = time.time()
-        self.sleeps: list[float] = []
-
-    def time(self):
-        return self.t
-
-    def sleep(self, s):
-        self.sleeps.append(s)
-        self.t += s
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +106,7 @@ def test_service_delivers_a_bisection_once_also_across_a_kill(demo, g, gh, tmp_p
     culprit = demo.shas[CULPRIT]
     change = g.add_change(culprit, status="MERGED", subject="the culprit")
     gh.add_pull(2048, head=culprit, commits=[culprit])
-    clock = Clock()
+    clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, g, gh)
     h = History(demo.path)
     with Store(cfg.store.db) as store:
@@ -164,7 +149,7 @@ def test_service_delivers_a_bisection_once_also_across_a_kill(demo, g, gh, tmp_p
 
 
 def test_nightly_rise_is_posted_on_the_tracking_issue_once(demo, gh, tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, None, gh)
     svc = service(cfg, None, gh, clock)
     notify = svc._notify()
@@ -194,7 +179,7 @@ def _main():
 
 
 def test_verify_from_gerrit_through_the_service(demo, g, tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, g, None)
     patch, parent = demo.shas[FIX], demo.shas[FIX - 1]
     n = g.add_change(patch, parent=parent, status="NEW")
@@ -285,7 +270,7 @@ def test_poll_command_answers_verify_on_github_and_keeps_cursors(demo, gh, tmp_p
     "/flakebot verify 100000000000",
 ])
 def test_hostile_commands_are_refused_and_start_nothing(demo, gh, tmp_path, text):
-    clock = Clock()
+    clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, None, gh)
     gh.add_pull(78, head=demo.shas[FIX], base=demo.shas[FIX - 1], merged=False)
     svc = service(cfg, None, gh, clock)
@@ -302,7 +287,7 @@ def test_hostile_commands_are_refused_and_start_nothing(demo, gh, tmp_path, text
 
 
 def test_bisect_command_opens_a_campaign_with_validated_values_and_answers_the_thread(demo, g, gh, tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, g, gh)
     culprit = demo.shas[CULPRIT]
     change = g.add_change(culprit, status="MERGED")
@@ -332,7 +317,7 @@ def test_bisect_command_opens_a_campaign_with_validated_values_and_answers_the_t
 def test_killed_between_storing_a_result_and_queueing_it_still_delivers(demo, g, tmp_path, monkeypatch):
     from flakebot.verify import VerifyParams, open_verify
 
-    clock = Clock()
+    clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, g, None)
     patch, parent = demo.shas[FIX], demo.shas[FIX - 1]
     n = g.add_change(patch, parent=parent, status="NEW")
@@ -364,7 +349,7 @@ def test_killed_between_storing_a_result_and_queueing_it_still_delivers(demo, g,
 def test_poll_killed_mid_verify_finishes_it_on_the_next_pass(demo, gh, tmp_path):
     from flakebot.wiring import build_executor
 
-    clock = Clock()
+    clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, None, gh)
     gh.add_pull(79, head=demo.shas[FIX], base=demo.shas[FIX - 1], merged=False)
     reps = fake_reporters(None, gh, clock)

@@ -21,15 +21,15 @@ Standalone: ``python -m flakebot.fakes.gerrit --port 8081``.
 """
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shlex
 import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from flakebot.fakes._server import FakeHandler, FakeServer
 
 XSSI = ")]}'\n"
 
@@ -45,7 +45,7 @@ def _parse_since(v: str) -> Optional[str]:
     return f"{m.group(1)} {m.group(2) or '00:00:00'}.{(m.group(3) or '').ljust(9, '0')}"
 
 
-class FakeGerrit:
+class FakeGerrit(FakeServer):
     def __init__(self, users: Optional[dict[str, str]] = None, project: str = "spdk/spdk",
                  port: int = 0):
         self.users = dict(users if users is not None else {"flakebot": "http-password"})
@@ -61,43 +61,8 @@ class FakeGerrit:
         self._next_number = 22970
         self._next_account = 1000
         self._clock = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
         for u in self.users:
             self.account(u)
-
-    # ------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> "FakeGerrit":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> str:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # ------------------------------------------------------------ seeding
 
@@ -282,17 +247,8 @@ class _Bad(Exception):
     pass
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     fake: FakeGerrit
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        import socket
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, *a) -> None:  # quiet
-        pass
 
     def _send(self, status: int, obj: Any = None, text: Optional[str] = None) -> None:
         if text is None:
@@ -310,13 +266,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _authed(self) -> Optional[str]:
-        h = self.headers.get("Authorization", "")
-        if not h.startswith("Basic "):
+        cred = self.basic_credentials()
+        if cred is None:
             return None
-        try:
-            user, _, pw = base64.b64decode(h[6:]).decode().partition(":")
-        except Exception:
-            return None
+        user, pw = cred
         return user if self.fake.users.get(user) == pw and pw else None
 
     def do_GET(self) -> None:
@@ -434,21 +387,17 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"labels": labels}, None
 
 
+FakeGerrit.handler = _Handler
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import argparse
-    import time
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8081)
     ap.add_argument("--user", default="flakebot")
     ap.add_argument("--password", default="http-password")
     a = ap.parse_args(argv)
-    g = FakeGerrit({a.user: a.password}, port=a.port)
-    print(g.start(), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        g.stop()
+    FakeGerrit({a.user: a.password}, port=a.port).serve_until_interrupted()
 
 
 if __name__ == "__main__":

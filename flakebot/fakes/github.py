@@ -29,16 +29,17 @@ import re
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from flakebot.fakes._server import FakeHandler, FakeServer
 
 
 def _iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class FakeGitHub:
+class FakeGitHub(FakeServer):
     def __init__(self, repo: str = "spdk/spdk", token: str = "test-token",
                  bot_login: str = "flakebot", port: int = 0):
         self.repo = repo
@@ -59,39 +60,6 @@ class FakeGitHub:
         self._clock = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
         self.rate_limit = 5000
         self.remaining = 5000
-        self._server: Optional[ThreadingHTTPServer] = None
-
-    # ------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> "FakeGitHub":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> str:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # ------------------------------------------------------------ seeding
 
@@ -199,17 +167,8 @@ def _public(c: dict) -> dict:
     return {k: v for k, v in c.items() if not k.startswith("_")}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     fake: FakeGitHub
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        import socket
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, *a) -> None:
-        pass
 
     def _send(self, status: int, obj: Any, extra: Optional[dict] = None) -> None:
         data = json.dumps(obj).encode()
@@ -373,6 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
         return body, None
 
 
+FakeGitHub.handler = _Handler
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -380,13 +342,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--repo", default="spdk/spdk")
     ap.add_argument("--token", default="test-token")
     a = ap.parse_args(argv)
-    gh = FakeGitHub(a.repo, a.token, port=a.port)
-    print(gh.start(), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        gh.stop()
+    FakeGitHub(a.repo, a.token, port=a.port).serve_until_interrupted()
 
 
 if __name__ == "__main__":

@@ -33,15 +33,14 @@ from flakebot.reporters import (
     BadRequest,
     Conflict,
     Item,
-    MaybePosted,
     NotFound,
     ReporterError,
     TransientError,
-    backoff_delay,
     gerrit_marker,
     redact_url,
     short_message,
 )
+from flakebot.reporters.http import pause_before_retry, send
 
 log = logging.getLogger(__name__)
 
@@ -108,28 +107,21 @@ class GerritClient:
         what = f"Gerrit {method} {path.split('?')[0]}"
         attempt = 0
         while True:
-            maybe = False
-            try:
-                resp = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=json.dumps(body) if body is not None else None,
-                    headers={"Accept": "application/json",
-                             **({"Content-Type": "application/json; charset=UTF-8"}
-                                if body is not None else {})},
-                    auth=self._auth,
-                    timeout=self.timeout,
-                )
-            except requests.ConnectTimeout:
-                err: ReporterError = TransientError(f"{what}: connection timed out")
-            except requests.Timeout:
-                err, maybe = TransientError(f"{what}: timed out after {self.timeout:g} s"), write
-            except requests.ConnectionError as e:
-                err, maybe = TransientError(f"{what}: connection failed ({type(e).__name__})"), write
-            except requests.RequestException as e:
-                raise TransientError(f"{what}: {type(e).__name__}") from None
-            else:
+            resp, err, maybe = send(
+                self._session,
+                method,
+                url,
+                what=what,
+                timeout=self.timeout,
+                write=write,
+                params=params,
+                data=json.dumps(body) if body is not None else None,
+                headers={"Accept": "application/json",
+                         **({"Content-Type": "application/json; charset=UTF-8"}
+                            if body is not None else {})},
+                auth=self._auth,
+            )
+            if resp is not None:
                 s = resp.status_code
                 if 200 <= s < 300:
                     return _json(resp, what)
@@ -150,16 +142,11 @@ class GerritClient:
                 else:
                     raise ReporterError(f"{what}: unexpected {s}: {text}", s)
             # transient: retry?
-            if attempt >= self.retries:
-                raise (MaybePosted(str(err), err.status) if maybe else err)
-            if maybe and already_posted is None:
-                raise MaybePosted(str(err), err.status)
-            delay = backoff_delay(attempt, self.backoff_base)
-            log.info("%s; retrying in %.1f s", err, delay)
-            self.sleep(delay)
-            attempt += 1
-            if maybe and already_posted():
+            if pause_before_retry(err, maybe, attempt, retries=self.retries,
+                                  already_posted=already_posted, backoff_base=self.backoff_base,
+                                  sleep=self.sleep, log=log):
                 return None
+            attempt += 1
 
     # ------------------------------------------------------------------ reads
 

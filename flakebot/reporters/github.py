@@ -34,16 +34,15 @@ from flakebot.reporters import (
     BadRequest,
     Conflict,
     Item,
-    MaybePosted,
     NotFound,
     RateLimited,
     ReporterError,
     TransientError,
-    backoff_delay,
     github_marker,
     redact_url,
     short_message,
 )
+from flakebot.reporters.http import pause_before_retry, send
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +157,9 @@ class GitHubClient:
                 gap = self._last_write + self.min_write_interval - self.clock()
                 if gap > 0:
                     self._wait(gap, "spacing writes")
-            maybe = False
-            try:
-                resp = self._session.request(method, url, params=params, json=body,
-                                             headers=self._headers, timeout=self.timeout)
-            except requests.ConnectTimeout:
-                err: ReporterError = TransientError(f"{what}: connection timed out")
-            except requests.Timeout:
-                err, maybe = TransientError(f"{what}: timed out after {self.timeout:g} s"), write
-            except requests.ConnectionError as e:
-                err, maybe = TransientError(f"{what}: connection failed ({type(e).__name__})"), write
-            except requests.RequestException as e:
-                raise TransientError(f"{what}: {type(e).__name__}") from None
-            else:
+            resp, err, maybe = send(self._session, method, url, what=what, timeout=self.timeout,
+                                    write=write, params=params, json=body, headers=self._headers)
+            if resp is not None:
                 if write:
                     self._last_write = self.clock()
                 s = resp.status_code
@@ -205,14 +194,11 @@ class GitHubClient:
                     err, maybe = TransientError(f"{what}: {s} {text}", s), write
                 else:
                     raise ReporterError(f"{what}: unexpected {s}: {text}", s)
-            if attempt >= self.retries or (maybe and already_posted is None):
-                raise (MaybePosted(str(err), err.status) if maybe else err)
-            delay = backoff_delay(attempt, self.backoff_base)
-            log.info("%s; retrying in %.1f s", err, delay)
-            self.sleep(delay)
-            attempt += 1
-            if maybe and already_posted():
+            if pause_before_retry(err, maybe, attempt, retries=self.retries,
+                                  already_posted=already_posted, backoff_base=self.backoff_base,
+                                  sleep=self.sleep, log=log):
                 return None  # type: ignore[return-value]
+            attempt += 1
 
     def _get(self, path: str, params: Any = None) -> Any:
         return self._request("GET", path, params=params).json()
