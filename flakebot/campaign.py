@@ -12,7 +12,7 @@ original run_id, and the engine's choices are reproducible from the counts.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Callable, Optional, Sequence
 
@@ -39,36 +39,46 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class BisectParams:
-    """What a bisection campaign was asked for; stored with it (JSON) so a
-    resumed campaign keeps its settings."""
+class StoredParams:
+    """Settings stored with a campaign (JSON, tuples as lists), so a resumed
+    campaign keeps them; and the outcome classes they define."""
+
+    wait_bins_s: tuple[float, ...] = (20.0, 60.0, 80.0)
+    limit_s: float = 90.0
+    slow_threshold_s: float = 60.0
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict):
+        """Inverse of to_json; keys this version does not know are ignored."""
+        kw = {}
+        for f in fields(cls):
+            if f.name in d:
+                v = d[f.name]
+                kw[f.name] = tuple(v) if isinstance(v, list) and isinstance(f.default, tuple) else v
+        return cls(**kw)
+
+    @property
+    def bins(self) -> Bins:
+        return Bins(tuple(self.wait_bins_s), float(self.limit_s), float(self.slow_threshold_s))
+
+
+@dataclass(frozen=True)
+class BisectParams(StoredParams):
+    """What a bisection campaign was asked for."""
 
     confidence: float = 0.95
     max_runs: Optional[int] = None
     max_host_hours: Optional[float] = None
     build_minutes: float = 10.0
     run_minutes: float = 2.0
-    wait_bins_s: tuple[float, ...] = (20.0, 60.0, 80.0)
-    limit_s: float = 90.0
-    slow_threshold_s: float = 60.0
     history_cap: float = 50.0
     confirm_runs: int = 2
     path_weights: bool = False
     suspect_paths: tuple[str, ...] = ()
     seed: int = 0
-
-    def to_json(self) -> dict:
-        d = self.__dict__.copy()
-        d["wait_bins_s"] = list(self.wait_bins_s)
-        d["suspect_paths"] = list(self.suspect_paths)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "BisectParams":
-        d = dict(d)
-        d["wait_bins_s"] = tuple(d.get("wait_bins_s", cls.wait_bins_s))
-        d["suspect_paths"] = tuple(d.get("suspect_paths", ()))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @classmethod
     def from_config(cls, cfg) -> "BisectParams":
@@ -80,9 +90,6 @@ class BisectParams:
                    history_cap=b.history_cap, confirm_runs=b.confirm_runs, path_weights=b.path_weights,
                    suspect_paths=b.suspect_paths, seed=cfg.sim.seed)
 
-    @property
-    def bins(self) -> Bins:
-        return Bins(self.wait_bins_s, float(self.limit_s), float(self.slow_threshold_s))
 
 
 def open_bisect(store: Store, test: str, good: Commit, commits: Sequence[Commit],

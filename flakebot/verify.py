@@ -23,7 +23,7 @@ iterations per side in all.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
@@ -31,6 +31,7 @@ from flakebot.analysis.classes import Bins, classify
 from flakebot.analysis.compare import compare_rates
 from flakebot.analysis.rates import beta_rate
 from flakebot.analysis.summary import wait_stats
+from flakebot.campaign import StoredParams
 from flakebot.dispatch import Dispatcher
 from flakebot.executors.base import Executor
 from flakebot.model import Commit, RunRequest
@@ -40,14 +41,11 @@ DECIDE_AT = 0.95  # a verdict of 'lowers' / 'raises' needs this probability (ren
 
 
 @dataclass(frozen=True)
-class VerifyParams:
-    """What a verify campaign was asked for; stored with it (JSON)."""
+class VerifyParams(StoredParams):
+    """What a verify campaign was asked for."""
 
     iterations: int = 20
     interval: float = 0.9
-    wait_bins_s: tuple[float, ...] = (20.0, 60.0, 80.0)
-    limit_s: float = 90.0
-    slow_threshold_s: float = 60.0
     max_attempts_factor: int = 3  # iterations per side in all, infra included, at most N x this
     # Where the request came from (review commands); None from the CLI.
     command_key: Optional[str] = None
@@ -55,25 +53,10 @@ class VerifyParams:
     ref: Optional[str] = None
     extra: dict = field(default_factory=dict)
 
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["wait_bins_s"] = list(self.wait_bins_s)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "VerifyParams":
-        d = dict(d)
-        d["wait_bins_s"] = tuple(d.get("wait_bins_s", cls.wait_bins_s))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
     @classmethod
     def from_config(cls, cfg, iterations: int, **kw) -> "VerifyParams":
         return cls(iterations=int(iterations), wait_bins_s=tuple(cfg.bisect.wait_bins_s),
                    limit_s=float(cfg.tests.limit_s), slow_threshold_s=float(cfg.tests.slow_threshold_s), **kw)
-
-    @property
-    def bins(self) -> Bins:
-        return Bins(tuple(self.wait_bins_s), float(self.limit_s), float(self.slow_threshold_s))
 
 
 def find_by_command(store: Store, key: str) -> Optional[dict]:
