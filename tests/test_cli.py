@@ -210,3 +210,47 @@ def test_bisect_is_reproducible_by_seed(tmp_path, demo):
         out.pop("wall_seconds")
         outs.append(out)
     assert outs[0] == outs[1]
+
+
+def test_ctrl_c_stops_local_runs_and_keeps_the_campaign_open(tmp_path, demo, monkeypatch):
+    """Ctrl-C while a local run is in progress: the run's process group is
+    stopped (it could not be found again after exit) and the campaign stays
+    open for `--resume` (resuming is tested in test_campaign.py)."""
+    import os
+    import time
+
+    from flakebot.dispatch import Dispatcher
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    job = tmp_path / "job.sh"
+    job.write_text(f'#!/usr/bin/env bash\nsleep 300 & echo $! > {pids}/"$FLAKEBOT_RUN_ID"\nwait\n')
+    job.chmod(0o755)
+    def interrupted(self, wait=True):
+        deadline = time.monotonic() + 10
+        while len(list(pids.iterdir())) < len(self.in_flight) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Dispatcher, "collect", interrupted)
+    db = tmp_path / "f.db"
+    argv = ["bisect", "--good", demo.good, "--bad", demo.tip, "--test", TEST, "--repo", demo.path, "--db", db,
+            "--executor", "local", "--command", job]
+    r = invoke(*argv)
+    assert r.exit_code == 130 and "--resume" in r.output
+    (pidfile,) = pids.iterdir()
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        st = open(f"/proc/{child}/stat").read().split(")")[-1].split()[0]
+        if st == "Z":
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the local run is still running after Ctrl-C")
+    with Store(db) as s:
+        (camp,) = s.campaigns()
+        assert camp["status"] == "open"
