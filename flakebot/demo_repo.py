@@ -91,23 +91,30 @@ class DemoRepo:
 # File contents
 
 
+# The opening both vfio_user restart scripts share (line numbers matter: the
+# vm_shutdown_all calls must land on SPDK's lines).
+_RESTART_SCRIPT_HEAD = [
+    "#!/usr/bin/env bash",
+    "#  SPDX-License-Identifier: BSD-3-Clause",
+    "#  Copyright (C) 2022 Intel Corporation",
+    "#  All rights reserved.",
+    "#",
+    "",
+    "testdir=$(readlink -f $(dirname $0))",
+    "rootdir=$(readlink -f $testdir/../../..)",
+    "source $rootdir/test/common/autotest_common.sh",
+    "source $rootdir/test/vfio_user/common.sh",
+    "source $rootdir/test/vfio_user/autotest.config",
+    "",
+    "bdfs=($(get_nvme_bdfs))",
+    'rpc_py="$rootdir/scripts/rpc.py -s $(get_vhost_dir 0)/rpc.sock"',
+    "",
+]
+
+
 def _nvme_restart_script() -> list[str]:
     lines = [
-        "#!/usr/bin/env bash",
-        "#  SPDX-License-Identifier: BSD-3-Clause",
-        "#  Copyright (C) 2022 Intel Corporation",
-        "#  All rights reserved.",
-        "#",
-        "",
-        "testdir=$(readlink -f $(dirname $0))",
-        "rootdir=$(readlink -f $testdir/../../..)",
-        "source $rootdir/test/common/autotest_common.sh",
-        "source $rootdir/test/vfio_user/common.sh",
-        "source $rootdir/test/vfio_user/autotest.config",
-        "",
-        "bdfs=($(get_nvme_bdfs))",
-        'rpc_py="$rootdir/scripts/rpc.py -s $(get_vhost_dir 0)/rpc.sock"',
-        "",
+        *_RESTART_SCRIPT_HEAD,
         "vhosttestinit",
         "",
         "trap 'clean_vfio_user' EXIT",
@@ -159,21 +166,7 @@ def _nvme_restart_script() -> list[str]:
 
 def _virtio_restart_script() -> list[str]:
     head = [
-        "#!/usr/bin/env bash",
-        "#  SPDX-License-Identifier: BSD-3-Clause",
-        "#  Copyright (C) 2022 Intel Corporation",
-        "#  All rights reserved.",
-        "#",
-        "",
-        "testdir=$(readlink -f $(dirname $0))",
-        "rootdir=$(readlink -f $testdir/../../..)",
-        "source $rootdir/test/common/autotest_common.sh",
-        "source $rootdir/test/vfio_user/common.sh",
-        "source $rootdir/test/vfio_user/autotest.config",
-        "",
-        "bdfs=($(get_nvme_bdfs))",
-        'rpc_py="$rootdir/scripts/rpc.py -s $(get_vhost_dir 0)/rpc.sock"',
-        "",
+        *_RESTART_SCRIPT_HEAD,
         "dev_type=$1",
         'if [[ "$dev_type" != virtio_blk && "$dev_type" != virtio_scsi ]]; then',
         '\terror "Usage: $0 virtio_blk|virtio_scsi [--iso]"',
