@@ -15,6 +15,9 @@ memory is in this process and does not count).
 
     .venv/bin/python benchmarks/parse_bench.py --mb 5 --instructions
 
+--scanner find times the bytes.find line finder that runs where hyperscan is not
+installed (same Runs).
+
 counts instructions instead (valgrind --tool=cachegrind, user space, minus the
 same child with nothing to do): slow (~50x), so use a few MB, but it does not
 move with the load on a shared host the way CPU seconds do.
@@ -57,14 +60,19 @@ print(0, 0, 0)
 PARSE_BASE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
+import flakebot.spdklog
 from flakebot.spdklog import parse_file
 print(0, 0, 0)
 """
 
+# argv[3] == "find": force the bytes.find scanner (what runs without hyperscan)
 PARSE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
+import flakebot.spdklog
 from flakebot.spdklog import parse_file
+if sys.argv[3] == "find":
+    flakebot.spdklog._HS = False
 t, c = time.perf_counter(), time.process_time()
 n = 0
 for run in parse_file(sys.argv[1]):
@@ -96,18 +104,18 @@ def generate(path: Path, mb: float) -> tuple[int, int]:
     return path.stat().st_size, n
 
 
-def child(code: str, path: Path) -> tuple[float, float, int]:
+def child(code: str, path: Path, scanner: str = "") -> tuple[float, float, int]:
     """Run code in a child; return (wall seconds, CPU seconds, runs)."""
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(ROOT)],
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(ROOT), scanner],
                          check=True, capture_output=True, text=True).stdout.split()
     return float(out[0]), float(out[1]), int(out[2])
 
 
-def instructions(code: str, path: Path) -> int:
+def instructions(code: str, path: Path, scanner: str = "") -> int:
     """User-space instructions of a child running code (valgrind cachegrind)."""
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
                           "--cachegrind-out-file=/dev/null", sys.executable, "-c", code,
-                          str(path), str(ROOT)], check=True, capture_output=True, text=True).stderr
+                          str(path), str(ROOT), scanner], check=True, capture_output=True, text=True).stderr
     for line in out.splitlines():
         if "I   refs:" in line or "I refs:" in line:
             return int(line.split(":")[-1].replace(",", "").strip())
@@ -121,7 +129,12 @@ def main() -> None:
     ap.add_argument("--keep", help="write the log here instead of a temp file")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions under valgrind instead of timing")
+    ap.add_argument("--scanner", choices=("auto", "find"), default="auto",
+                    help="find: force the bytes.find line finder (the fallback without hyperscan)")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from flakebot import spdklog_scan
+    scanner = "hyperscan" if spdklog_scan.AVAILABLE and args.scanner == "auto" else "bytes.find"
     if args.instructions and not shutil.which("valgrind"):
         ap.error("--instructions needs valgrind")
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,16 +145,17 @@ def main() -> None:
         mb = size / 1024 / 1024
         if args.instructions:
             ib = instructions(BARE, path) - instructions(BARE_BASE, path)
-            ip = instructions(PARSE, path) - instructions(PARSE_BASE, path)
+            ip = instructions(PARSE, path, args.scanner) - instructions(PARSE_BASE, path)
             print(f"log: {mb:.1f} MiB, {iters} iterations; Python {platform.python_version()}, "
-                  f"{platform.machine()}; valgrind cachegrind, minus the same child without the loop\n")
+                  f"{platform.machine()}; line finder: {scanner}; valgrind cachegrind, minus the same child "
+                  f"without the loop\n")
             print("| loop | instructions (M) | per byte | ratio to bare |")
             print("|---|---:|---:|---:|")
             print(f"| bare `for line in open(f, 'rb'): pass` | {ib / 1e6:.1f} | {ib / size:.1f} | 1.00 |")
             print(f"| `parse_file(f)` | {ip / 1e6:.1f} | {ip / size:.1f} | {ip / ib:.2f} |")
             return
         # parse first: ru_maxrss of children is a running max over all children
-        parse = [child(PARSE, path) for _ in range(args.repeat)]
+        parse = [child(PARSE, path, args.scanner) for _ in range(args.repeat)]
         rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         bare = [child(BARE, path) for _ in range(args.repeat)]
         wb, cb = min(x[0] for x in bare), min(x[1] for x in bare)
@@ -149,7 +163,7 @@ def main() -> None:
         runs = parse[0][2]
     print(f"log: {mb:.1f} MiB, {iters} iterations, {runs} runs parsed "
           f"(generated in {gen_s:.1f} s); Python {platform.python_version()}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs; best of {args.repeat}\n")
+          f"{platform.machine()}, {os.cpu_count()} CPUs; line finder: {scanner}; best of {args.repeat}\n")
     print("| loop | CPU s | wall s | MiB/s (CPU) | ratio to bare (CPU) | ratio (wall) | peak RSS |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| bare `for line in open(f, 'rb'): pass` | {cb:.3f} | {wb:.3f} | {mb / cb:.0f} | 1.00 | 1.00 | |")

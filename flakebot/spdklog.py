@@ -8,8 +8,10 @@ Streaming, one pass, bounded memory. Public API::
 
 All three give the same Runs for the same content (tested). ``parse_file`` reads
 the file in binary blocks and only decodes the lines that can matter, which is
-what makes it fast; ``parse_lines`` takes any iterable of ``str`` or ``bytes``
-lines (one line per item, with or without ``\\n``/``\\r\\n``).
+what makes it fast: it finds them with one Hyperscan pass per block
+(``spdklog_scan``), or, where ``import hyperscan`` fails, with one ``bytes.find``
+pass per needle (same lines). ``parse_lines`` takes any iterable of ``str`` or
+``bytes`` lines (one line per item, with or without ``\\n``/``\\r\\n``).
 
 Formats (SPDK.md): the three PS4 xtrace eras, the Jenkins timestamper prefix
 (``00:09:03.952  ``), the GitHub Actions prefix (``2026-09-17T03:25:48.5680391Z ``)
@@ -76,12 +78,14 @@ import os
 import re
 from typing import IO, Iterable, Iterator, Optional, Union
 
+from flakebot import spdklog_scan as _scan
 from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, Outcome, Run, Shutdown
 
 __all__ = ["parse_lines", "parse_file", "parse_text", "NEEDLES"]
 
 # A line is interesting iff it contains one of these (plus follow-up lines the
-# parser asks for). Kept few and long: each is one C-speed scan of the file.
+# parser asks for). Kept few and long: without Hyperscan each is one C-speed
+# scan of the file.
 NEEDLES: tuple[str, ...] = (
     "*" * 20,  # run_test banner lines; START/END TEST is watched for in the next 4 lines
     "shut",  # with "VMs" or "vm_shutdown_all" in the same line (see _SHUT_ALSO):
@@ -96,6 +100,10 @@ _NEEDLES_B = tuple(n.encode() for n in NEEDLES)
 _OTHER_B = _NEEDLES_B[2:]  # after stars and shut; ESC last
 _SHUT_B = b"shut"
 _SHUT_ALSO_B = tuple(n.encode() for n in _SHUT_ALSO)
+# Hyperscan finds the needles in one pass where it is installed (spdklog_scan);
+# else one bytes.find pass per needle. Tests switch this off to test both.
+_HS = _scan.AVAILABLE
+_STARS_K, _VMS = _scan.STARS, _scan.VMS
 # A watched line (see _Parser.watch) is fed if it contains one of these.
 WATCHED: tuple[str, str] = ("timeo=", "TEST")
 _W0, _W1 = WATCHED
@@ -282,7 +290,7 @@ class _Parser:
                 p = (day + (_N2[g[3]] * 3600 + _N2[g[4]] * 60 + _N2[g[5]])
                      + (int(frac) / 10 ** len(frac) if frac else 0.0))
         x = None
-        if line[pos:pos + 1] in _XSTART:
+        if line.startswith(_XSTART, pos):
             xm = _XTRACE.match(line, pos)
             if xm is not None:
                 xh, xmi, xs, script, sline, cmd = xm.groups()
@@ -564,14 +572,23 @@ class _Parser:
         # (the next xtrace line overwrites them; they may belong to a later run)
         for tm in self.pending:
             tm[1] = self.x_last
-        shutdowns = [w.shutdown() for w in r.waits]
-        timed = any(s.timed_out for s in shutdowns)
+        # one loop, no generators: this runs once per Run
+        shutdowns = []
+        timed_site = None
+        worst = None
+        for w in r.waits:
+            sd = w.shutdown()
+            shutdowns.append(sd)
+            if sd.timed_out:
+                if timed_site is None:
+                    timed_site = sd.call_site
+            elif sd.waited_s is not None and (worst is None or sd.waited_s > worst):
+                worst = sd.waited_s
         reason = ""
-        if timed:
+        if timed_site is not None:
             outcome = Outcome.TIMEOUT
-            reason = next((f"vm_shutdown_all timed out at {s.call_site}" for s in shutdowns if s.timed_out), "")
+            reason = f"vm_shutdown_all timed out at {timed_site}"
         elif r.ended:
-            worst = max((s.waited_s for s in shutdowns if s.waited_s is not None), default=None)
             outcome = Outcome.SLOW if worst is not None and worst >= self.slow else Outcome.PASS
         elif cut_marker:
             outcome, reason = Outcome.INFRA, "cut off: no FLAKEBOT-ITERATION-END"
@@ -661,7 +678,8 @@ def parse_file(path_or_file: Union[str, "os.PathLike[str]", IO[bytes]], *,
                slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S) -> Iterator[Run]:
     """Yield the Runs of a log file, read in binary and decoded with
     errors='replace'. Same results as parse_lines over the file's lines, faster:
-    it scans 1 MiB blocks for NEEDLES with bytes.find and decodes only those lines."""
+    it scans 1 MiB blocks for NEEDLES (Hyperscan, else bytes.find) and decodes
+    only those lines."""
     if hasattr(path_or_file, "read"):
         yield from _parse_stream(path_or_file, slow_threshold_s)
         return
@@ -671,6 +689,7 @@ def parse_file(path_or_file: Union[str, "os.PathLike[str]", IO[bytes]], *,
 
 def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
     p = _Parser(slow_threshold_s)
+    scan_block = _scan_block if _HS else _scan_block_find
     out = p.out
     carry = b""
     while True:
@@ -683,18 +702,18 @@ def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
         if end == 0:
             if len(block) > _MAX_LINE * 4:
                 # a giant "line" (binary junk): treat what we have as one line
-                _scan_block(p, block + b"\n", len(block) + 1)
+                scan_block(p, block + b"\n", len(block) + 1)
                 carry = b""
             else:
                 carry = block
             continue
         carry = block[end:]
-        _scan_block(p, block, end)
+        scan_block(p, block, end)
         if out:
             yield from out
             out.clear()
     if carry:
-        _scan_block(p, carry + b"\n", len(carry) + 1)
+        scan_block(p, carry + b"\n", len(carry) + 1)
     p.close()
     yield from out
     out.clear()
@@ -702,7 +721,46 @@ def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
 
 def _scan_block(p: _Parser, buf: bytes, end: int) -> None:
     """Feed p the candidate lines of buf[:end] (whole lines) in order, plus
-    the follow-up lines it asks for. Same line choice as parse_lines."""
+    the follow-up lines it asks for. Same line choice as parse_lines. The
+    candidates come from one Hyperscan pass (spdklog_scan.hits)."""
+    find = buf.find
+    rfind = buf.rfind
+    # a line of stars in a block without ESC is handled here without decoding
+    # (what feed() would do with it)
+    esc = find(b"\x1b", 0, end) >= 0
+    pos = 0
+    feed = p.feed
+    for h in _scan.hits(buf, end):
+        to = h >> 3
+        s = rfind(b"\n", 0, to) + 1
+        if s < pos:
+            continue  # another hit in a line already handled
+        kind = h & 7
+        e = find(b"\n", to, end)
+        if kind == _VMS and find(_SHUT_B, s, e) < 0:
+            continue
+        if p.follow or p.watch or p.clock:
+            pos = _walk(p, buf, pos, s)
+            if p.follow:
+                p.follow -= 1
+            if p.watch:
+                p.watch -= 1
+            if p.clock:
+                p.clock -= 1
+        pos = e + 1
+        if kind == _STARS_K and not esc:  # p.stars()
+            if p.after_banner:
+                p.after_banner = False
+            elif p.watch < 4:
+                p.watch = 4
+            continue
+        feed(buf[s:e].decode("utf-8", "replace"))
+    if p.follow or p.watch or p.clock:
+        _walk(p, buf, pos, end)
+
+
+def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
+    """_scan_block without Hyperscan: one bytes.find pass per needle."""
     # start -> end of each candidate line; ~end (< 0) for a line of stars in a
     # block without ESC, handled here without decoding (what feed() would do)
     lines: dict[int, int] = {}

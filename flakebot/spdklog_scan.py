@@ -1,0 +1,64 @@
+"""One-pass multi-pattern line finder for ``spdklog._scan_block`` (Hyperscan).
+
+``spdklog`` looks at a line only if it contains one of its ``NEEDLES`` (see there).
+Without Hyperscan it runs one ``bytes.find`` pass per needle over every 1 MiB
+block; with it, one SIMD pass finds them all. ``hits(buf, end)`` returns the
+match end offsets in ``buf[:end]``, each as ``offset << 3 | kind`` (kind: which
+needle), sorted, so the caller walks the lines in order and knows why each one
+was hit. Several hits can fall in one line; the caller keeps the first.
+
+``AVAILABLE`` is False where ``import hyperscan`` fails (no wheel for the
+platform): spdklog then uses its ``bytes.find`` scanner, same lines, same Runs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+try:
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - depends on the platform
+    _hs = None
+
+AVAILABLE = _hs is not None
+
+# Kinds (pattern ids), one per needle of spdklog.NEEDLES.
+STARS, CALL, VMS, EQ, MARK, ESC = range(6)
+
+# Each pattern reports a needle once per run of it: a line of 36 stars is one
+# hit, not 17 ("(?:^|[^*])" starts the run), and so for "=" lines. "shut" is
+# searched as its two useful forms: "vm_shutdown_all" (contains "shut") and
+# "VMs" (the caller checks for "shut" in that line); a plain "shut" would hit
+# every "vm_shutdown 1" and "is shutting down" line.
+_PATTERNS = (
+    (rb"(?:^|[^*])\*{20}", STARS),
+    (rb"vm_shutdown_all", CALL),
+    (rb"VMs", VMS),
+    (rb"(?:^|[^=])={10}", EQ),
+    (rb"FLAKEBOT-ITERATION-", MARK),
+    (rb"\x1b", ESC),
+)
+
+_db = None
+
+
+def _database():
+    global _db
+    if _db is None:
+        db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+        db.compile(expressions=[p for p, _ in _PATTERNS], ids=[i for _, i in _PATTERNS],
+                   elements=len(_PATTERNS), flags=[_hs.HS_FLAG_MULTILINE] * len(_PATTERNS))
+        _db = db
+    return _db
+
+
+def hits(buf: bytes, end: int) -> list[int]:
+    """Sorted ``offset << 3 | kind`` of the needle matches in buf[:end]."""
+    out: list[int] = []
+    app = out.append
+
+    def on_match(kind: int, _start: int, to: int, _flags: int, _ctx: Optional[object]) -> None:
+        app(to << 3 | kind)
+
+    _database().scan(memoryview(buf)[:end], match_event_handler=on_match)
+    out.sort()  # Hyperscan does not promise end-offset order across patterns
+    return out
