@@ -117,7 +117,10 @@ def simulate(p0, p1, n, k, seed, settings, hosts=1):
 
 @pytest.mark.parametrize("p0, p1, n, k, seed", [(0.0, 0.5, 16, 11, 0), (0.02, 0.6, 24, 3, 1), (0.0, 0.5, 16, 16, 2)])
 def test_end_to_end_simulated_bisection_finds_the_culprit(p0, p1, n, k, seed):
-    s, runs = simulate(p0, p1, n, k, seed, EngineSettings(build_minutes=0, iteration_options=(1,), max_runs=400))
+    # 99% intervals: a 90% one misses the true rate in one seed of ten (and the
+    # runs at the bad end stop after its first failures, which biases its rate up)
+    s, runs = simulate(p0, p1, n, k, seed, EngineSettings(build_minutes=0, iteration_options=(1,), max_runs=400,
+                                                          interval_level=0.99))
     assert s.verdict == "culprit" and s.culprit == k, (s, runs)
     assert s.rates.before.failure.lo <= p0 + 0.05 and s.rates.after.failure.lo <= p1 <= s.rates.after.failure.hi
     assert runs < 150

@@ -108,7 +108,8 @@ def default_prior(
     min_rise: float = 0.01,
     bad_grid: tuple[float, ...] = BAD_GRID,
     near_grid: tuple[float, ...] = NEAR_GRID,
-    before_decay: float = 0.6,
+    before_decay: float = 0.5,
+    baseline_knee: tuple[float, float] = (0.04, 0.08),
     after_power: float = 0.0,
     min_after: float = 0.0,
 ) -> Prior:
@@ -117,8 +118,16 @@ def default_prior(
     Components: every (bad rate f, near rate g) on the grids, Dirichlet with mean
     (1-f-g, g, f) and total `concentration` (so the 0.001 component is about
     Beta(0.3, 300) on the bad rate: LUCI's "most segments fail < 1%").
-    Before side: weight decaying with f and g (`before_decay` per grid step:
-    baselines are usually low). After side: weight f ** after_power over the
+    Before side: flat up to `baseline_knee` (bad, near), then decaying by
+    `before_decay` per grid step above it. Flat below the knee because a test
+    worth bisecting usually has other flakes (SPDK: p0 of 1-3% is common); a
+    prior that favours the cleanest baselines makes a left neighbour's chance
+    failure look like the rise and names it with false confidence (#3322 shape:
+    0.80 right at a stated 0.95 with per-step decay from the bottom of the grid,
+    0.93-0.94 with this shape; docs/benchmarks/bisect.md). Decaying above the
+    knee: tests that already fail 10%+ of the time are rarely bisected. A knee
+    at the grid's first point gives the old per-step decay from the bottom.
+    After side: weight f ** after_power over the
     (log-spaced) grid (0 = flat in log f). Pairs allowed only when the after side is no better in
     either group and worse by >= `min_rise` (absolute) and >= 2x in one group.
     """
@@ -127,7 +136,9 @@ def default_prior(
     alpha = concentration * mean
     fi = {f: i for i, f in enumerate(bad_grid)}
     gi = {g: i for i, g in enumerate(near_grid)}
-    wb = np.array([before_decay ** (fi[f] + gi[g]) for f, g in pts])
+    kf = int(np.searchsorted(bad_grid, baseline_knee[0], side="right")) - 1
+    kg = int(np.searchsorted(near_grid, baseline_knee[1], side="right")) - 1
+    wb = np.array([before_decay ** (max(0, fi[f] - kf) + max(0, gi[g] - kg)) for f, g in pts])
     wa = np.array([f ** after_power for f, g in pts])
     M = len(pts)
     W = np.zeros((M, M))

@@ -1,0 +1,113 @@
+"""Where the cold-start bisection spends its runs: planner vs posterior vs prior.
+
+    .venv/bin/python benchmarks/bisect_ablation.py [--trials 40] [--jobs 2]
+
+Same simulation as bisect_bench.py (one host, run by run, build cost 0, stop at
+0.95, outcomes drawn from the scenario's class probabilities), for these
+variants of the engine:
+
+- default: the engine as shipped (cold prior: posterior.default_prior()).
+- old prior: the baseline weight decaying by 0.6 per grid step from the lowest
+  rate (the shape before the knee; favours the cleanest baselines).
+- flat baseline: no decay at all on the before side.
+- oracle planning: the probes are chosen by the engine told the true rates,
+  but the verdict (stop rule, confidence) comes from the default, honest
+  posterior. If the planner were what costs runs at a cold start, this would
+  approach the known-rates column; if the honest uncertainty about the rates
+  is what costs them, it will not.
+- known rates: the engine told the true rates (planning and verdict).
+- known rates, no bad-end runs: the same without the engine's first runs at
+  the bad end (what BISECTION.md's "rates known" figures correspond to).
+
+Prints one markdown table: mean runs (± standard error) and accuracy per cell.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bisect_bench as bb  # noqa: E402
+from flakebot.analysis import EngineSettings, default_prior, known_rates_prior, step  # noqa: E402
+
+CELLS = [0, 1, 2, 3, 8]  # bisect_bench.SCENARIOS: the four target cells and the #3322 shape
+VARIANTS = ["default", "old prior", "flat baseline", "oracle planning", "known rates",
+            "known rates, no bad-end runs"]
+
+
+def _settings(sc: bb.Scenario, variant: str, seed: int) -> EngineSettings:
+    prior = None
+    kw = {}
+    if variant == "old prior":
+        prior = default_prior(before_decay=0.6, baseline_knee=(0.0, 0.0))
+    elif variant == "flat baseline":
+        prior = default_prior(before_decay=1.0)
+    elif variant.startswith("known rates"):
+        prior = known_rates_prior(bb.groups3(sc.before), bb.groups3(sc.after))
+        if variant.endswith("no bad-end runs"):
+            kw["bad_end_runs"] = 0
+    return EngineSettings(prior=prior, max_runs=sc.max_runs, build_minutes=0.0, iteration_options=(1,),
+                          seed=seed, **kw)
+
+
+def trial(args) -> tuple[tuple[int, str], tuple[bool, int]]:
+    i, variant, seed = args
+    sc = bb.SCENARIOS[i]
+    st = _settings(sc, variant, seed)
+    oracle = None
+    if variant == "oracle planning":
+        oracle = EngineSettings(prior=known_rates_prior(bb.groups3(sc.before), bb.groups3(sc.after)),
+                                build_minutes=0.0, iteration_options=(1,), seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    k = bb.draw_culprit(sc, rng)
+    counts = np.zeros((sc.n + 1, 6), dtype=np.int64)
+    runs = 0
+    while True:
+        s = step(counts, set(), runs, 0.0, [], 1, st, rng=rng)
+        if s.verdict:
+            return (i, variant), (s.verdict == "culprit" and s.culprit == k, runs)
+        reqs = s.requests
+        if oracle is not None and s.confidence < st.confidence:  # confirmation runs stay the engine's
+            o = step(counts, set(), runs, 0.0, [], 1, oracle, rng=rng)
+            if not o.verdict and o.requests:
+                reqs = o.requests
+        for j, m in reqs:
+            counts[j] += bb.draw(sc, j, k, rng, m)
+            runs += m
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args(argv)
+    tasks = [(i, v, s) for i in CELLS for v in VARIANTS for s in range(args.trials)]
+    t0 = time.time()
+    res: dict = {}
+    with mp.Pool(args.jobs) as pool:
+        for key, r in pool.imap_unordered(trial, tasks, chunksize=2):
+            res.setdefault(key, []).append(r)
+    print(f"Command: `.venv/bin/python benchmarks/bisect_ablation.py {' '.join(argv or sys.argv[1:])}`  ")
+    print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.trials} trials per cell; "
+          f"{(time.time() - t0) / 60:.1f} min on {args.jobs} processes.\n")
+    print("| variant | " + " | ".join(bb.SCENARIOS[i].name for i in CELLS) + " |")
+    print("|---|" + "---|" * len(CELLS))
+    for v in VARIANTS:
+        cells = []
+        for i in CELLS:
+            e = res[(i, v)]
+            r = np.array([x[1] for x in e], dtype=float)
+            cells.append(f"{r.mean():.0f} ±{r.std(ddof=1) / np.sqrt(len(r)):.0f}, acc {np.mean([x[0] for x in e]):.2f}")
+        print(f"| {v} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
