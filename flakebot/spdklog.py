@@ -12,6 +12,10 @@ what makes it fast: it finds them with one Hyperscan pass per block
 (``spdklog_scan``), or, where ``import hyperscan`` fails, with one ``bytes.find``
 pass per needle (same lines). ``parse_lines`` takes any iterable of ``str`` or
 ``bytes`` lines (one line per item, with or without ``\\n``/``\\r\\n``).
+``parse_file`` also handles the hot line shapes (Jenkins-prefixed xtrace
+lines, Waiting for VMs / All VMs successfully shut down, START/END TEST)
+straight from the bytes (``_FAST``, ``_Parser.fast``: same state changes as
+``feed``, tested line by line); every other line goes through ``feed``.
 
 Formats (SPDK.md): the three PS4 xtrace eras, the Jenkins timestamper prefix
 (``00:09:03.952  ``), the GitHub Actions prefix (``2026-09-17T03:25:48.5680391Z ``)
@@ -116,11 +120,14 @@ _MAX_LINE = 1 << 20  # a "line" longer than this is cut (binary junk)
 _BLOCK = 1 << 20
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
-_JPREFIX = re.compile(r"(\d{1,6}):(\d\d):(\d\d)\.(\d{3})  ")  # Jenkins timestamper
-_GPREFIX = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z ?")  # GHA
+# clock fields are [0-9], not \d: \d also matches other scripts' digits, which
+# _N2/_MS below do not know
+_JPREFIX = re.compile(r"([0-9]{1,6}):([0-9][0-9]):([0-9][0-9])\.([0-9]{3})  ")  # Jenkins timestamper
+_GPREFIX = re.compile(  # GitHub Actions
+    r"([0-9]{4})-([0-9][0-9])-([0-9][0-9])T([0-9][0-9]):([0-9][0-9]):([0-9][0-9])(?:\.([0-9]{1,9}))?Z ?")
 _XSTART = (" ", "+", "\t")
 _XTRACE = re.compile(
-    r"[+ ]*(\d\d):(\d\d):(\d\d)[\t ]+(?:\S+ +)?-- (\S+)@(\d+)(?: -- [#$] ?|: ?)(.*)"
+    r"[+ ]*([0-9][0-9]):([0-9][0-9]):([0-9][0-9])[\t ]+(?:\S+ +)?-- (\S+)@(\d+)(?: -- [#$] ?|: ?)(.*)"
 )
 _BANNER = re.compile(r"\s*(START|END) TEST (\S{1,200})(?: \(in (\d{1,9}(?:\.\d{1,9})?)s\))?\s*$")
 _MARKER = re.compile(r"FLAKEBOT-ITERATION-(START|END)((?:\s+\w+=\S*)*)")
@@ -140,6 +147,32 @@ _TIMEOUT_MSGS = (
 # int() is slow; clock fields are looked up instead
 _N2 = {f"{i:02d}": i for i in range(100)}
 _MS = {f"{i:03d}": i / 1000.0 for i in range(1000)}
+_N2B = {k.encode(): v for k, v in _N2.items()}
+_MSB = {k.encode(): v for k, v in _MS.items()}
+
+# The fast path (parse_file): the hot line shapes, matched over the raw bytes
+# and handled by _Parser.fast without decoding the line or running feed's
+# cascade. A Jenkins prefix, then one of: an xtrace line, Waiting for VMs /
+# All VMs successfully shut down, START/END TEST. Each part is feed's own
+# regex (_JPREFIX, _XTRACE, _BANNER) over a narrower alphabet: printable
+# ASCII without "*", space, tab (\S -> _A, . -> _B, \s -> [\t ],
+# \d -> [0-9]); the trailing "\r*" is feed's rstrip. On such a line the str
+# regexes match the same way with the same groups, and feed's other checks
+# (ESC, 20 stars, invalid UTF-8: not in the alphabet; the 1 MiB cut: the
+# callers check the length) cannot fire, except FLAKEBOT-ITERATION- in a
+# banner's test name (fast() hands that line to feed). Any other line goes to feed. tests/test_spdklog_fast.py
+# compares the two line by line.
+_A = rb"[!-)+-~]"
+_B = rb"[ -)+-~\t]"
+# Groups: 1-4 the prefix clock; xtrace 5-7 its clock, 8 script, 9 line,
+# 10 cmd; 11 Waiting; 12-14 START/END TEST. fast() dispatches on m.lastindex.
+_FAST = re.compile(
+    rb"([0-9]{1,6}):([0-9][0-9]):([0-9][0-9])\.([0-9]{3})  (?:"
+    rb"[+ ]+([0-9][0-9]):([0-9][0-9]):([0-9][0-9])[\t ]+(?:" + _A + rb"+ +)?-- (" + _A + rb"+)@([0-9]+)"
+    rb"(?: -- [#$] ?|: ?)(" + _B + rb"*)\r*"
+    rb"|INFO: (W)aiting for VMs to shutdown\.\.\.\r*|INFO: All VMs successfully shut down\r*"
+    rb"|(START|END) TEST (" + _A + rb"{1,200})(?: \(in ([0-9]{1,9}(?:\.[0-9]{1,9})?)s\))?[\t \r]*"
+    rb")$")
 
 
 def _diff(a: Optional[list], b: Optional[list]) -> Optional[float]:
@@ -294,17 +327,7 @@ class _Parser:
             xm = _XTRACE.match(line, pos)
             if xm is not None:
                 xh, xmi, xs, script, sline, cmd = xm.groups()
-                raw = _N2[xh] * 3600 + _N2[xmi] * 60 + _N2[xs]
-                if self.x_raw is not None and raw < self.x_raw - 43200:
-                    self.x_off += 86400
-                self.x_raw = raw
-                x = raw + self.x_off
-                self.x_last = x
-                if self.pending:
-                    for tm in self.pending:
-                        tm[1] = x
-                    self.pending.clear()
-                    self.clock = 0
+                x = self._xclock(_N2[xh] * 3600 + _N2[xmi] * 60 + _N2[xs])
                 if self.stack:
                     self._xtrace(cmd, script, sline, [p, x])
                 return
@@ -324,12 +347,7 @@ class _Parser:
         if "TEST" in body:
             bm = _BANNER.match(body)
             if bm:
-                self.watch = 0
-                self.after_banner = True
-                if bm.group(1) == "START":
-                    self._start_test(bm.group(2), self._clock(tm))
-                else:
-                    self._end_test(bm.group(2), bm.group(3), self._clock(tm))
+                self._banner(bm.group(1) == "START", bm.group(2), bm.group(3), tm)
                 return
         run = self.stack[-1] if self.stack else None
         if run is None:
@@ -337,21 +355,11 @@ class _Parser:
         if "VMs" in body:
             w = run.cur
             if "Waiting for VMs to shutdown" in body:
-                if w is None or w.start is not None:
-                    # no call line seen for this wait (xtrace off?)
-                    w = run.cur = _Wait("?", None)
-                    run.waits.append(w)
-                w.start = self._clock(tm)
-                run.last = w.start
-                if not w.limit_set:  # pre-2024 code sets timeo after this line
-                    self.watch = max(self.watch, _LIMIT_FOLLOW)
+                self._waiting(run, tm)
                 return
             if w is not None and w.start is not None and not w.done and not w.timed_out:
                 if "All VMs successfully shut down" in body:
-                    w.end = self._clock(tm)
-                    w.done = True
-                    run.last = w.end
-                    run.cur = None
+                    self._all_down(run, w, tm)
                     return
                 for msg in _TIMEOUT_MSGS:
                     if msg in body:
@@ -362,8 +370,8 @@ class _Parser:
             low = body.lower()
             if "backtrace start" in low:
                 self._evidence(run, "backtrace", tm, shutdown_hint=False)
-            else:
-                self.follow = max(self.follow, 2)  # error() block: ERROR: on the next line
+            elif self.follow < 2:
+                self.follow = 2  # error() block: ERROR: on the next line
             return
         if body.startswith(("ERROR:", "FAIL:")):
             self._evidence(run, body[:80], tm, shutdown_hint=False)
@@ -371,6 +379,86 @@ class _Parser:
         if "vm_shutdown_all" in body and _FRAME_IN_SHUTDOWN.search(body):
             self._evidence(run, "backtrace in vm_shutdown_all", tm, shutdown_hint=True)
             return
+
+    def _xclock(self, raw: int) -> int:
+        """An xtrace line's wall clock (seconds of the day): unwrapped across
+        midnight; gives the pending times their clock."""
+        if self.x_raw is not None and raw < self.x_raw - 43200:
+            self.x_off += 86400
+        self.x_raw = raw
+        x = raw + self.x_off
+        self.x_last = x
+        if self.pending:
+            for tm in self.pending:
+                tm[1] = x
+            self.pending.clear()
+            self.clock = 0
+        return x
+
+    def _banner(self, start: bool, name: str, in_s: Optional[str], tm: list) -> None:
+        """A START/END TEST line that run_test printed."""
+        self.watch = 0
+        self.after_banner = True
+        if start:
+            self._start_test(name, self._clock(tm))
+        else:
+            self._end_test(name, in_s, self._clock(tm))
+
+    def _waiting(self, run: _Run, tm: list) -> None:
+        """Waiting for VMs to shutdown..."""
+        w = run.cur
+        if w is None or w.start is not None:
+            # no call line seen for this wait (xtrace off?)
+            w = run.cur = _Wait("?", None)
+            run.waits.append(w)
+        w.start = self._clock(tm)
+        run.last = w.start
+        if not w.limit_set:  # pre-2024 code sets timeo after this line
+            if self.watch < _LIMIT_FOLLOW:
+                self.watch = _LIMIT_FOLLOW
+
+    def _all_down(self, run: _Run, w: _Wait, tm: list) -> None:
+        """All VMs successfully shut down (w is waiting)."""
+        w.end = self._clock(tm)
+        w.done = True
+        run.last = w.end
+        run.cur = None
+
+    def fast(self, m: "re.Match[bytes]") -> None:
+        """What feed() does with a line that _FAST matched (see there), from
+        the match over the raw bytes: no decoding of the line, no cascade."""
+        self.after_banner = False
+        k = m.lastindex
+        if k == 10:  # xtrace
+            h, mi, sec, ms, xh, xmi, xs, script, sline, cmd = m.group(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+        else:  # only the groups needed: each one is a new bytes object
+            h, mi, sec, ms = m.group(1, 2, 3, 4)
+        hh = _N2B.get(h)
+        if hh is None:
+            hh = int(h)
+        p = hh * 3600 + _N2B[mi] * 60 + _N2B[sec] + _MSB[ms]
+        if k == 10:
+            x = self._xclock(_N2B[xh] * 3600 + _N2B[xmi] * 60 + _N2B[xs])
+            if self.stack:
+                self._xtrace(cmd.decode(), script, sline, [p, x])
+            return
+        if k >= 13:  # START/END TEST
+            se, name, in_s = m.group(12, 13, 14)
+            if b"FLAKEBOT-ITERATION-" in name:  # feed reads that as a marker
+                self.feed(m.string[m.start():m.end()].decode())
+                return
+            self._banner(se == b"START", name.decode(),
+                         None if in_s is None else in_s.decode(), [p, None])
+            return
+        if not self.stack:
+            return
+        run = self.stack[-1]
+        if k == 11:
+            self._waiting(run, [p, None])
+            return
+        w = run.cur  # All VMs successfully shut down
+        if w is not None and w.start is not None and not w.done and not w.timed_out:
+            self._all_down(run, w, [p, None])
 
     def _clock(self, tm: list) -> list:
         """tm, registered to get the next xtrace clock if it has no clock."""
@@ -387,17 +475,24 @@ class _Parser:
         return tm
 
     # --------------------------------------------------------------- xtrace
-    def _xtrace(self, cmd: str, script: str, sline: str, tm: list) -> None:
+    def _xtrace(self, cmd: str, script: Union[str, bytes], sline: Union[str, bytes],
+                tm: list) -> None:
+        # script and sline are only needed for a call line: fast() passes them
+        # undecoded (ASCII bytes)
         run = self.stack[-1]
         run.last = tm
         if cmd.startswith("vm_shutdown_all"):
             cm = _CALL.match(cmd)
             if cm:
                 arg = cm.group(1)
+                if type(script) is bytes:
+                    script = script.decode()
+                    sline = sline.decode()
                 w = _Wait(f"{script.rsplit('/', 1)[-1]}@{sline}", int(arg) if arg else None)
                 run.waits.append(w)
                 run.cur = w
-                self.watch = max(self.watch, _LIMIT_FOLLOW)
+                if self.watch < _LIMIT_FOLLOW:
+                    self.watch = _LIMIT_FOLLOW
             return
         if "timeo=" in cmd:
             w = run.cur
@@ -722,25 +817,38 @@ def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
 def _scan_block(p: _Parser, buf: bytes, end: int) -> None:
     """Feed p the candidate lines of buf[:end] (whole lines) in order, plus
     the follow-up lines it asks for. Same line choice as parse_lines. The
-    candidates come from one Hyperscan pass (spdklog_scan.hits)."""
+    candidates come from one Hyperscan pass (spdklog_scan.hits); lines of
+    stars, in blocks without ESC, from _walk."""
     find = buf.find
     rfind = buf.rfind
-    # a line of stars in a block without ESC is handled here without decoding
-    # (what feed() would do with it)
+    # In a block without ESC, a line of stars only ever does p.stars() (what
+    # feed() would do with it): Hyperscan does not look for them, _walk finds
+    # them in the gaps between hits. With ESC, they are hits and go to feed.
     esc = find(b"\x1b", 0, end) >= 0
+    # the next "*" at or after pos (-1: none left): most gaps have none, and
+    # then no find is needed for them
+    star = -1 if esc else find(b"*", 0, end)
     pos = 0
     feed = p.feed
-    for h in _scan.hits(buf, end):
+    fast = p.fast
+    fast_match = _FAST.match
+    for h in _scan.hits(buf, end, esc):
         to = h >> 3
-        s = rfind(b"\n", 0, to) + 1
-        if s < pos:
+        if to < pos:
             continue  # another hit in a line already handled
+        s = rfind(b"\n", 0, to) + 1
         kind = h & 7
         e = find(b"\n", to, end)
         if kind == _VMS and find(_SHUT_B, s, e) < 0:
             continue
-        if p.follow or p.watch or p.clock:
-            pos = _walk(p, buf, pos, s)
+        st = -1
+        if 0 <= star < s:
+            if star < pos:
+                star = find(b"*", pos, end)
+            if 0 <= star < s:
+                st = find(_STARS_B, star, s)
+        if st >= 0 or p.follow or p.watch or p.clock:
+            pos = _walk(p, buf, pos, s, st)
             if p.follow:
                 p.follow -= 1
             if p.watch:
@@ -748,15 +856,14 @@ def _scan_block(p: _Parser, buf: bytes, end: int) -> None:
             if p.clock:
                 p.clock -= 1
         pos = e + 1
-        if kind == _STARS_K and not esc:  # p.stars()
-            if p.after_banner:
-                p.after_banner = False
-            elif p.watch < 4:
-                p.watch = 4
-            continue
-        feed(buf[s:e].decode("utf-8", "replace"))
-    if p.follow or p.watch or p.clock:
-        _walk(p, buf, pos, end)
+        m = fast_match(buf, s, e) if e - s <= _MAX_LINE else None
+        if m is not None:
+            fast(m)
+        else:
+            feed(buf[s:e].decode("utf-8", "replace"))
+    st = -1 if star < 0 or find(b"*", pos, end) < 0 else find(_STARS_B, pos, end)
+    if st >= 0 or p.follow or p.watch or p.clock:
+        _walk(p, buf, pos, end, st)
 
 
 def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
@@ -788,11 +895,13 @@ def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
             i = find(nd, e + 1, end)
     pos = 0
     feed = p.feed
+    fast = p.fast
+    fast_match = _FAST.match
     for s, e in sorted(lines.items()):
         if s < pos:
             continue
         if p.follow or p.watch or p.clock:
-            pos = _walk(p, buf, pos, s)
+            pos = _walk(p, buf, pos, s, -1)
             if p.follow:
                 p.follow -= 1
             if p.watch:
@@ -807,27 +916,50 @@ def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
                 p.watch = 4
             continue
         pos = e + 1
-        feed(buf[s:e].decode("utf-8", "replace"))
+        m = fast_match(buf, s, e) if e - s <= _MAX_LINE else None
+        if m is not None:
+            fast(m)
+        else:
+            feed(buf[s:e].decode("utf-8", "replace"))
     if p.follow or p.watch or p.clock:
-        _walk(p, buf, pos, end)
+        _walk(p, buf, pos, end, -1)
 
 
-def _walk(p: _Parser, buf: bytes, pos: int, stop: int) -> int:
+def _walk(p: _Parser, buf: bytes, pos: int, stop: int, st: int) -> int:
     """Lines from pos up to stop (no needle in them) while the parser follows,
-    waits for a clock or watches; returns where it stopped."""
+    waits for a clock or watches, or up to the last line of stars; returns
+    where it stopped. st: where the first run of 20 stars in buf[pos:stop]
+    is, or -1 (none, or the caller handles lines of stars: they are hits)."""
     find = buf.find
-    while pos < stop and (p.follow or p.watch or p.clock):
-        e = find(b"\n", pos, stop)
+    while pos < stop:
         f = p.follow
         w = p.watch
         c = p.clock
+        if not (f or w or c):
+            if st < 0:
+                break
+            # nothing open: skip to the next line of stars
+            ls = buf.rfind(b"\n", pos, st) + 1
+            if ls > pos:
+                pos = ls
+        e = find(b"\n", pos, stop)
         if f:
             p.follow = f - 1
         if w:
             p.watch = w - 1
         if c:
             p.clock = c - 1
-        if f or c or (w and (find(_W0B, pos, e) >= 0 or find(_W1B, pos, e) >= 0)):
-            p.feed(buf[pos:e].decode("utf-8", "replace"))
+        if 0 <= st < e:  # a line of stars, block without ESC: p.stars()
+            if p.after_banner:
+                p.after_banner = False
+            elif p.watch < 4:
+                p.watch = 4
+            st = find(_STARS_B, e + 1, stop)
+        elif f or c or (w and (find(_W0B, pos, e) >= 0 or find(_W1B, pos, e) >= 0)):
+            m = _FAST.match(buf, pos, e) if e - pos <= _MAX_LINE else None
+            if m is not None:
+                p.fast(m)
+            else:
+                p.feed(buf[pos:e].decode("utf-8", "replace"))
         pos = e + 1
     return pos

@@ -6,6 +6,9 @@ block; with it, one SIMD pass finds them all. ``hits(buf, end)`` returns the
 match end offsets in ``buf[:end]``, each as ``offset << 3 | kind`` (kind: which
 needle), sorted, so the caller walks the lines in order and knows why each one
 was hit. Several hits can fall in one line; the caller keeps the first.
+``hits(buf, end, stars=False)`` leaves out the lines of stars (the caller
+finds them with ``bytes.find`` in the gaps between hits: the stars pattern is
+the costliest one to scan for, and a third of all hits).
 
 ``AVAILABLE`` is False where ``import hyperscan`` fails (no wheel for the
 platform): spdklog then uses its ``bytes.find`` scanner, same lines, same Runs.
@@ -33,32 +36,43 @@ _PATTERNS = (
     (rb"(?:^|[^*])\*{20}", STARS),
     (rb"vm_shutdown_all", CALL),
     (rb"VMs", VMS),
-    (rb"(?:^|[^=])={10}", EQ),
+    # "(?:^|[^=])={10}" is the same needle, but takes Hyperscan ~60 M instructions
+    # to compile (without the stars pattern; 1 M like this): hits() adds the
+    # one case this misses, a run at offset 0
+    (rb"[^=]={10}", EQ),
     (rb"FLAKEBOT-ITERATION-", MARK),
     (rb"\x1b", ESC),
 )
+_EQ10 = b"=" * 10
 
-_db = None
+# [with stars, without]: the caller finds the lines of stars itself in blocks
+# without ESC (one bytes.find per gap between hits): the stars pattern is the
+# costliest to scan for and a third of the hits.
+_dbs: list = [None, None]
 
 
-def _database():
-    global _db
-    if _db is None:
+def _database(stars: bool):
+    db = _dbs[not stars]
+    if db is None:
+        pats = [(p, i) for p, i in _PATTERNS if stars or i != STARS]
         db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-        db.compile(expressions=[p for p, _ in _PATTERNS], ids=[i for _, i in _PATTERNS],
-                   elements=len(_PATTERNS), flags=[_hs.HS_FLAG_MULTILINE] * len(_PATTERNS))
-        _db = db
-    return _db
+        db.compile(expressions=[p for p, _ in pats], ids=[i for _, i in pats],
+                   elements=len(pats), flags=[_hs.HS_FLAG_MULTILINE] * len(pats))
+        _dbs[not stars] = db
+    return db
 
 
-def hits(buf: bytes, end: int) -> list[int]:
-    """Sorted ``offset << 3 | kind`` of the needle matches in buf[:end]."""
+def hits(buf: bytes, end: int, stars: bool = True) -> list[int]:
+    """Sorted ``offset << 3 | kind`` of the needle matches in buf[:end]
+    (without STARS hits if not stars)."""
     out: list[int] = []
     app = out.append
 
     def on_match(kind: int, _start: int, to: int, _flags: int, _ctx: Optional[object]) -> None:
         app(to << 3 | kind)
 
-    _database().scan(memoryview(buf)[:end], match_event_handler=on_match)
+    if buf.startswith(_EQ10) and end >= 10:
+        app(10 << 3 | EQ)
+    _database(stars).scan(memoryview(buf)[:end], match_event_handler=on_match)
     out.sort()  # Hyperscan does not promise end-offset order across patterns
     return out
