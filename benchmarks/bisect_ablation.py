@@ -20,6 +20,11 @@ variants of the engine:
   the bad end (what BISECTION.md's "rates known" figures correspond to).
 
 Prints one markdown table: mean runs (± standard error) and accuracy per cell.
+
+A second table (--host-trials > 0) runs bisect_bench's 8-host simulation (build
+10 min once per commit, shared; run 2 min) with the iterations a request may ask
+for limited to (1, 2, 4, 8) (the default), (1, 2) or (1,): host-hours,
+wall-clock hours, runs and accuracy.
 """
 from __future__ import annotations
 
@@ -84,9 +89,19 @@ def trial(args) -> tuple[tuple[int, str], tuple[bool, int]]:
             runs += m
 
 
+ITERATION_OPTIONS = [(1, 2, 4, 8), (1, 2), (1,)]
+HOST_CELLS = [0, 3, 8]
+
+
+def host_trial(args):
+    i, opts, seed = args
+    return (i, opts), bb.eight_hosts(bb.SCENARIOS[i], seed, iteration_options=opts)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--host-trials", type=int, default=20, help="trials per cell of the 8-host table (0: skip)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     tasks = [(i, v, s) for i in CELLS for v in VARIANTS for s in range(args.trials)]
@@ -107,6 +122,23 @@ def main(argv=None) -> None:
             r = np.array([x[1] for x in e], dtype=float)
             cells.append(f"{r.mean():.0f} ±{r.std(ddof=1) / np.sqrt(len(r)):.0f}, acc {np.mean([x[0] for x in e]):.2f}")
         print(f"| {v} | " + " | ".join(cells) + " |")
+    if args.host_trials <= 0:
+        return
+    tasks = [(i, o, s) for i in HOST_CELLS for o in ITERATION_OPTIONS for s in range(args.host_trials)]
+    hres: dict = {}
+    with mp.Pool(args.jobs) as pool:
+        for key, r in pool.imap_unordered(host_trial, tasks, chunksize=2):
+            hres.setdefault(key, []).append(r)
+    print(f"\n8 hosts, {args.host_trials} trials per cell: host-hours / wall-clock hours / runs / accuracy\n")
+    print("| iterations per request | " + " | ".join(bb.SCENARIOS[i].name for i in HOST_CELLS) + " |")
+    print("|---|" + "---|" * len(HOST_CELLS))
+    for o in ITERATION_OPTIONS:
+        cells = []
+        for i in HOST_CELLS:
+            e = hres[(i, o)]
+            cells.append(f"{np.mean([x[2] for x in e]):.1f} h / {np.mean([x[3] for x in e]):.2f} h / "
+                         f"{np.mean([x[1] for x in e]):.0f} / {np.mean([x[0] for x in e]):.2f}")
+        print(f"| {', '.join(map(str, o))} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

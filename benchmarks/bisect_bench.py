@@ -149,11 +149,12 @@ def one_host(sc: Scenario, known: bool, seed: int):
             runs += m
 
 
-def eight_hosts(sc: Scenario, seed: int, hosts=8, build=10.0, run=2.0):
+def eight_hosts(sc: Scenario, seed: int, hosts=8, build=10.0, run=2.0, iteration_options=None):
     """Event-driven: 8 hosts, builds once per commit. Returns (right, runs, host_hours, wall_hours)."""
     rng = np.random.default_rng([seed, 2])
     k = draw_culprit(sc, rng)
-    st = settings_for(sc, False, build_minutes=build, run_minutes=run, seed=seed)
+    kw = {} if iteration_options is None else {"iteration_options": tuple(iteration_options)}
+    st = settings_for(sc, False, build_minutes=build, run_minutes=run, seed=seed, **kw)
     counts = np.zeros((sc.n + 1, 6), dtype=np.int64)
     built: set[int] = set()
     runs, host_min, now = 0, 0.0, 0.0
