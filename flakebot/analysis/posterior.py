@@ -120,11 +120,11 @@ def default_prior(
     Beta(0.3, 300) on the bad rate: LUCI's "most segments fail < 1%").
     Before side: flat up to `baseline_knee` (bad, near), then decaying by
     `before_decay` per grid step above it. Flat below the knee because a test
-    worth bisecting usually has other flakes (SPDK: p0 of 1-3% is common); a
+    worth bisecting usually has other flakes ("p0 is often not zero"); a
     prior that favours the cleanest baselines makes a left neighbour's chance
-    failure look like the rise and names it with false confidence (#3322 shape:
+    failures look like the rise and names it with false confidence (#3322 shape:
     0.80 right at a stated 0.95 with per-step decay from the bottom of the grid,
-    0.93-0.94 with this shape; docs/benchmarks/bisect.md). Decaying above the
+    0.91 with this shape; docs/benchmarks/bisect.md). Decaying above the
     knee: tests that already fail 10%+ of the time are rarely bisected. A knee
     at the grid's first point gives the old per-step decay from the bottom.
     After side: weight f ** after_power over the
