@@ -21,7 +21,7 @@ from rich.table import Table
 from flakebot import spdklog
 from flakebot.batch import run_at
 from flakebot.campaign import BisectCampaign, BisectParams, Progress as CampaignProgress, open_bisect
-from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, guard
+from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
 from flakebot.config import load_config
 from flakebot.report import write_reports
 from flakebot.wiring import (build_executor, check_tests, open_history, open_store, poll_seconds,
@@ -254,8 +254,8 @@ def print_bisect_result(r: dict) -> None:
         if rates:
             for side in ("before", "after"):
                 s = rates[side]
-                out.print(f"  {side:6}: timeouts {_rate(s['timeout'])}, near misses {_rate(s['near_miss'])}, "
-                          f"other failures {_rate(s['fail'])}", highlight=False)
+                out.print(f"  {side:6}: timeouts {fmt_rate(s['timeout'])}, near misses {fmt_rate(s['near_miss'])}, "
+                          f"other failures {fmt_rate(s['fail'])}", highlight=False)
     elif verdict == "no-regression":
         out.print(f"[bold]no regression[/] in this range (confidence {r['confidence']:.3f})")
     else:
@@ -272,10 +272,6 @@ def print_bisect_result(r: dict) -> None:
             w.add_row(ws["side"], ws["call_site"], str(ws["n"]), _s(ws["p50"]), _s(ws["p95"]),
                       _s(ws["max"], ws["limit_s"]), str(ws["limit_s"]))
         out.print(w)
-
-
-def _rate(x: dict) -> str:
-    return f"{x['k']}/{x['n']} = {x['rate']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
 
 
 # --------------------------------------------------------------------- demo

@@ -22,7 +22,7 @@ import sys
 
 import click
 
-from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, guard
+from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
 
 EXIT_OK, EXIT_INCONCLUSIVE = 0, 3
 HEX = r"[0-9a-fA-F]{7,40}"
@@ -92,13 +92,9 @@ def print_verify_result(r: dict) -> None:
     for side in ("parent", "patch"):
         s = r[f"{side}_rates"]
         click.echo(f"  {side:6}: " + ", ".join(
-            f"{name} {_rate(s[k])}" for k, name in (("timeout", "timeouts"), ("near_miss", "near misses"),
+            f"{name} {fmt_rate(s[k])}" for k, name in (("timeout", "timeouts"), ("near_miss", "near misses"),
                                                    ("fail", "other failures"), ("failure", "any failure"))))
     click.echo(f"{r['runs']} runs ({r['infra_runs']} infra), {r['builds']} builds on {len(r['hosts'])} hosts")
-
-
-def _rate(x: dict) -> str:
-    return f"{x['k']}/{x['n']} = {x['rate']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
 
 
 @click.command("poll")

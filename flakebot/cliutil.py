@@ -70,3 +70,8 @@ def executor_options(fn):
 def executor_overrides(db=None, executor=None, command_=None, repo=None, seed=None) -> dict:
     return {"store.db": db, "executor.name": executor, "executor.command": command_, "spdk.repo": repo,
             "sim.seed": seed}
+
+
+def fmt_rate(x: dict) -> str:
+    """'k/n, est. mean [lo, hi]' of a stored rate (Jeffreys: 0/24 is est. 0.020, not 0)."""
+    return f"{x['k']}/{x['n']}, est. {x['rate']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
