@@ -144,11 +144,22 @@ _TIMEOUT_MSGS = (
 )
 
 
-# int() is slow; clock fields are looked up instead
+# Prefix clocks are integer ticks of 100 ns (the finest prefix, GitHub
+# Actions'): differences are exact, so a wait comes out as the nearest float
+# to the logged difference with one division (no round()). xtrace clocks
+# are whole seconds.
+_TICKS = 10_000_000
+# int() is slow; clock fields are looked up instead, already scaled (the
+# fast path adds four look-ups, no multiplications)
 _N2 = {f"{i:02d}": i for i in range(100)}
-_MS = {f"{i:03d}": i / 1000.0 for i in range(1000)}
+_MS = {f"{i:03d}": i * (_TICKS // 1000) for i in range(1000)}  # ms -> ticks
 _N2B = {k.encode(): v for k, v in _N2.items()}
 _MSB = {k.encode(): v for k, v in _MS.items()}
+_H2B = {k: v * 3600 for k, v in _N2B.items()}  # xtrace: hours -> seconds
+_M2B = {k: v * 60 for k, v in _N2B.items()}
+_H2T = {k: v * _TICKS for k, v in _H2B.items()}  # prefix: hours -> ticks
+_M2T = {k: v * _TICKS for k, v in _M2B.items()}
+_S2T = {k: v * _TICKS for k, v in _N2B.items()}
 
 # The fast path (parse_file): the hot line shapes, matched over the raw bytes
 # and handled by _Parser.fast without decoding the line or running feed's
@@ -160,16 +171,25 @@ _MSB = {k.encode(): v for k, v in _MS.items()}
 # regexes match the same way with the same groups, and feed's other checks
 # (ESC, 20 stars, invalid UTF-8: not in the alphabet; the 1 MiB cut: the
 # callers check the length) cannot fire, except FLAKEBOT-ITERATION- in a
-# banner's test name (fast() hands that line to feed). Any other line goes to feed. tests/test_spdklog_fast.py
-# compares the two line by line.
+# banner's test name (fast() hands that line to feed). Any other line goes
+# to feed. tests/test_spdklog_fast.py compares the two line by line.
+# The two xtrace commands that matter are told apart here too, as _xtrace
+# does: a whole vm_shutdown_all call (_CALL) and a timeo=N line (_TIMEO);
+# any other command (or one of those that _CALL / _TIMEO reject) is the
+# third alternative and goes through _xtrace.
 _A = rb"[!-)+-~]"
 _B = rb"[ -)+-~\t]"
-# Groups: 1-4 the prefix clock; xtrace 5-7 its clock, 8 script, 9 line,
-# 10 cmd; 11 Waiting; 12-14 START/END TEST. fast() dispatches on m.lastindex.
+# Groups: 1-4 the prefix clock; xtrace: 5-7 its clock, 8 script, 9 line,
+# then 10 the call's argument + 11 (empty, marks a call), or 12 timeo's N +
+# 13 (empty, marks timeo=N), or 14 any other command; 15 Waiting; 16-18
+# START/END TEST. fast() dispatches on m.lastindex (the last group closed).
 _FAST = re.compile(
     rb"([0-9]{1,6}):([0-9][0-9]):([0-9][0-9])\.([0-9]{3})  (?:"
     rb"[+ ]+([0-9][0-9]):([0-9][0-9]):([0-9][0-9])[\t ]+(?:" + _A + rb"+ +)?-- (" + _A + rb"+)@([0-9]+)"
-    rb"(?: -- [#$] ?|: ?)(" + _B + rb"*)\r*"
+    rb"(?: -- [#$] ?|: ?)"
+    rb"(?:vm_shutdown_all(?:[\t ]+([0-9]{1,9}))?[\t ]*()"
+    rb"|(?:local[\t ]+)?timeo=([0-9]{1,9})" + _B + rb"*()"
+    rb"|(" + _B + rb"*))\r*"
     rb"|INFO: (W)aiting for VMs to shutdown\.\.\.\r*|INFO: All VMs successfully shut down\r*"
     rb"|(START|END) TEST (" + _A + rb"{1,200})(?: \(in ([0-9]{1,9}(?:\.[0-9]{1,9})?)s\))?[\t \r]*"
     rb")$")
@@ -179,10 +199,14 @@ def _diff(a: Optional[list], b: Optional[list]) -> Optional[float]:
     """Seconds from time a to time b, each [prefix_clock, xtrace_clock]."""
     if a is None or b is None:
         return None
-    if a[0] is not None and b[0] is not None:
-        return round(max(0.0, b[0] - a[0]), 7)
-    if a[1] is not None and b[1] is not None:
-        return float(max(0, b[1] - a[1]))
+    pa = a[0]
+    pb = b[0]
+    if pa is not None and pb is not None:
+        return (pb - pa) / _TICKS if pb > pa else 0.0
+    xa = a[1]
+    xb = b[1]
+    if xa is not None and xb is not None:
+        return float(xb - xa) if xb > xa else 0.0
     return None
 
 
@@ -199,10 +223,6 @@ class _Wait:
         self.end: Optional[list] = None
         self.timed_out = False
         self.done = False
-
-    def shutdown(self) -> Shutdown:
-        waited = _diff(self.start, self.end) if (self.done or self.timed_out) else None
-        return Shutdown(self.site, waited, int(self.limit), self.timed_out)
 
 
 class _Run:
@@ -300,7 +320,7 @@ class _Parser:
             hh = _N2.get(h)
             if hh is None:
                 hh = int(h)
-            p = hh * 3600 + _N2[mi] * 60 + _N2[s] + _MS[ms]
+            p = (hh * 3600 + _N2[mi] * 60 + _N2[s]) * _TICKS + _MS[ms]
         else:
             m = _GPREFIX.match(line)
             if m is not None:
@@ -314,14 +334,16 @@ class _Parser:
                     except ValueError:
                         o = 0
                     if self._day0 is None:
-                        self._day0 = o  # keep values small: float keeps the 100 ns
-                    day = (o - self._day0) * 86400.0
+                        self._day0 = o  # keep values small
+                    day = (o - self._day0) * (86400 * _TICKS)
                     if len(self._days) > 64:
                         self._days.clear()
                     self._days[key] = day
                 frac = g[6]
-                p = (day + (_N2[g[3]] * 3600 + _N2[g[4]] * 60 + _N2[g[5]])
-                     + (int(frac) / 10 ** len(frac) if frac else 0.0))
+                p = day + (_N2[g[3]] * 3600 + _N2[g[4]] * 60 + _N2[g[5]]) * _TICKS
+                if frac:  # to the nearest 100 ns tick (GitHub prints 7 digits)
+                    d = 10 ** len(frac)
+                    p += (int(frac) * 2 * _TICKS + d) // (2 * d)
         x = None
         if line.startswith(_XSTART, pos):
             xm = _XTRACE.match(line, pos)
@@ -347,7 +369,7 @@ class _Parser:
         if "TEST" in body:
             bm = _BANNER.match(body)
             if bm:
-                self._banner(bm.group(1) == "START", bm.group(2), bm.group(3), tm)
+                self._banner(bm.group(1) == "START", bm.group(2), bm.group(3), self._clock(tm))
                 return
         run = self.stack[-1] if self.stack else None
         if run is None:
@@ -355,11 +377,11 @@ class _Parser:
         if "VMs" in body:
             w = run.cur
             if "Waiting for VMs to shutdown" in body:
-                self._waiting(run, tm)
+                self._waiting(run, self._clock(tm))
                 return
             if w is not None and w.start is not None and not w.done and not w.timed_out:
                 if "All VMs successfully shut down" in body:
-                    self._all_down(run, w, tm)
+                    self._all_down(run, w, self._clock(tm))
                     return
                 for msg in _TIMEOUT_MSGS:
                     if msg in body:
@@ -395,14 +417,16 @@ class _Parser:
             self.clock = 0
         return x
 
+    # _banner, _waiting, _all_down: tm has a clock or is registered for one
+    # (_clock; feed does that, the fast path's lines have prefix clocks)
     def _banner(self, start: bool, name: str, in_s: Optional[str], tm: list) -> None:
         """A START/END TEST line that run_test printed."""
         self.watch = 0
         self.after_banner = True
         if start:
-            self._start_test(name, self._clock(tm))
+            self._start_test(name, tm)
         else:
-            self._end_test(name, in_s, self._clock(tm))
+            self._end_test(name, in_s, tm)
 
     def _waiting(self, run: _Run, tm: list) -> None:
         """Waiting for VMs to shutdown..."""
@@ -411,17 +435,17 @@ class _Parser:
             # no call line seen for this wait (xtrace off?)
             w = run.cur = _Wait("?", None)
             run.waits.append(w)
-        w.start = self._clock(tm)
-        run.last = w.start
+        w.start = tm
+        run.last = tm
         if not w.limit_set:  # pre-2024 code sets timeo after this line
             if self.watch < _LIMIT_FOLLOW:
                 self.watch = _LIMIT_FOLLOW
 
     def _all_down(self, run: _Run, w: _Wait, tm: list) -> None:
         """All VMs successfully shut down (w is waiting)."""
-        w.end = self._clock(tm)
+        w.end = tm
         w.done = True
-        run.last = w.end
+        run.last = tm
         run.cur = None
 
     def fast(self, m: "re.Match[bytes]") -> None:
@@ -429,21 +453,37 @@ class _Parser:
         the match over the raw bytes: no decoding of the line, no cascade."""
         self.after_banner = False
         k = m.lastindex
-        if k == 10:  # xtrace
-            h, mi, sec, ms, xh, xmi, xs, script, sline, cmd = m.group(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+        # groups 5-14 belong to the xtrace alternative; "All VMs successfully
+        # shut down" has no group of its own (k == 4)
+        xtrace = 4 < k < 15
+        if xtrace:
+            h, mi, sec, ms, xh, xmi, xs = m.group(1, 2, 3, 4, 5, 6, 7)
         else:  # only the groups needed: each one is a new bytes object
             h, mi, sec, ms = m.group(1, 2, 3, 4)
-        hh = _N2B.get(h)
+        hh = _H2T.get(h)
         if hh is None:
-            hh = int(h)
-        p = hh * 3600 + _N2B[mi] * 60 + _N2B[sec] + _MSB[ms]
-        if k == 10:
-            x = self._xclock(_N2B[xh] * 3600 + _N2B[xmi] * 60 + _N2B[xs])
-            if self.stack:
-                self._xtrace(cmd.decode(), script, sline, [p, x])
+            hh = int(h) * (3600 * _TICKS)
+        p = hh + _M2T[mi] + _S2T[sec] + _MSB[ms]
+        if xtrace:
+            x = self._xclock(_H2B[xh] + _M2B[xmi] + _N2B[xs])
+            if not self.stack:
+                return
+            tm = [p, x]
+            if k == 14:
+                script, sline, cmd = m.group(8, 9, 14)
+                self._xtrace(cmd.decode(), script, sline, tm)
+                return
+            run = self.stack[-1]
+            run.last = tm
+            if k == 13:
+                self._limit(run, int(m.group(12)))
+            else:  # k == 11
+                script, sline, arg = m.group(8, 9, 10)
+                self._call(run, f"{script.rsplit(b'/', 1)[-1].decode()}@{sline.decode()}",
+                           None if arg is None else int(arg))
             return
-        if k >= 13:  # START/END TEST
-            se, name, in_s = m.group(12, 13, 14)
+        if k >= 17:  # START/END TEST
+            se, name, in_s = m.group(16, 17, 18)
             if b"FLAKEBOT-ITERATION-" in name:  # feed reads that as a marker
                 self.feed(m.string[m.start():m.end()].decode())
                 return
@@ -453,7 +493,7 @@ class _Parser:
         if not self.stack:
             return
         run = self.stack[-1]
-        if k == 11:
+        if k == 15:
             self._waiting(run, [p, None])
             return
         w = run.cur  # All VMs successfully shut down
@@ -488,25 +528,34 @@ class _Parser:
                 if type(script) is bytes:
                     script = script.decode()
                     sline = sline.decode()
-                w = _Wait(f"{script.rsplit('/', 1)[-1]}@{sline}", int(arg) if arg else None)
-                run.waits.append(w)
-                run.cur = w
-                if self.watch < _LIMIT_FOLLOW:
-                    self.watch = _LIMIT_FOLLOW
+                self._call(run, f"{script.rsplit('/', 1)[-1]}@{sline}", int(arg) if arg else None)
             return
         if "timeo=" in cmd:
-            w = run.cur
             lm = _TIMEO.match(cmd)
-            if lm and w is not None and not w.limit_set and not w.done and not w.timed_out:
-                w.limit = int(lm.group(1))
-                w.limit_set = True
-                self.watch = 0
+            if lm:
+                self._limit(run, int(lm.group(1)))
             return
         if cmd.startswith(("err_clean", "error_exit")):
             tr = _TRAP.match(cmd)
             if tr:
                 self._evidence(run, f"{tr.group(1)} {tr.group(2)}", tm,
                                shutdown_hint=tr.group(2) == "vm_shutdown_all")
+
+    def _call(self, run: _Run, site: str, arg_limit: Optional[int]) -> None:
+        """A vm_shutdown_all call line (xtrace)."""
+        w = _Wait(site, arg_limit)
+        run.waits.append(w)
+        run.cur = w
+        if self.watch < _LIMIT_FOLLOW:
+            self.watch = _LIMIT_FOLLOW
+
+    def _limit(self, run: _Run, limit: int) -> None:
+        """A timeo=N line (xtrace): the limit of the wait being followed."""
+        w = run.cur
+        if w is not None and not w.limit_set and not w.done and not w.timed_out:
+            w.limit = limit
+            w.limit_set = True
+            self.watch = 0
 
     def _timeout(self, run: _Run, w: _Wait, tm: list) -> None:
         w.end = self._clock(tm)
@@ -531,13 +580,15 @@ class _Parser:
 
     # ---------------------------------------------------------- run banners
     def _start_test(self, name: str, tm: list) -> None:
-        self.counts[name] = self.counts.get(name, 0) + 1
+        n = self.counts.get(name, 0) + 1
+        self.counts[name] = n
         fr = self.frame
-        self._end_open_runs(name)
-        # every open banner test around this one is a wrapper
-        for r in self.stack:
-            if not r.marker and not r.active():
-                r.wrapper = True
+        if self.stack:
+            self._end_open_runs(name)
+            # every open banner test around this one is a wrapper
+            for r in self.stack:
+                if not r.marker and not r.active():
+                    r.wrapper = True
         if fr is not None and name == fr.test and not fr.run.banner and fr.run in self.stack:
             r = fr.run  # the marker iteration's own test: bind it
             r.banner = True
@@ -546,7 +597,7 @@ class _Parser:
             self.stack.remove(r)
             self.stack.append(r)
             return
-        run = _Run(name, self.counts[name], tm)
+        run = _Run(name, n, tm)
         run.frame = fr
         self.stack.append(run)
         if len(self.stack) > _MAX_STACK:
@@ -566,16 +617,21 @@ class _Parser:
             break
 
     def _end_test(self, name: str, in_s: Optional[str], tm: list) -> None:
-        for i in range(len(self.stack) - 1, -1, -1):
-            r = self.stack[i]
-            if r.test == name and (r.banner or not r.marker):
-                break
+        stack = self.stack
+        r = stack[-1] if stack else None
+        if r is not None and r.test == name and (r.banner or not r.marker):
+            stack.pop()  # the usual case: the innermost test ends
         else:
-            return
-        inner = self.stack[i + 1:]
-        del self.stack[i:]
-        for r2 in reversed(inner):
-            self._finish(r2)
+            for i in range(len(stack) - 2, -1, -1):
+                r = stack[i]
+                if r.test == name and (r.banner or not r.marker):
+                    break
+            else:
+                return
+            inner = stack[i + 1:]
+            del stack[i:]
+            for r2 in reversed(inner):
+                self._finish(r2)
         r.ended = True
         r.end = tm
         r.last = tm
@@ -672,13 +728,17 @@ class _Parser:
         timed_site = None
         worst = None
         for w in r.waits:
-            sd = w.shutdown()
-            shutdowns.append(sd)
-            if sd.timed_out:
+            if w.timed_out:
+                waited = _diff(w.start, w.end)
                 if timed_site is None:
-                    timed_site = sd.call_site
-            elif sd.waited_s is not None and (worst is None or sd.waited_s > worst):
-                worst = sd.waited_s
+                    timed_site = w.site
+            elif w.done:
+                waited = _diff(w.start, w.end)
+                if waited is not None and (worst is None or waited > worst):
+                    worst = waited
+            else:
+                waited = None
+            shutdowns.append(Shutdown(w.site, waited, w.limit, w.timed_out))
         reason = ""
         if timed_site is not None:
             outcome = Outcome.TIMEOUT
@@ -931,6 +991,7 @@ def _walk(p: _Parser, buf: bytes, pos: int, stop: int, st: int) -> int:
     where it stopped. st: where the first run of 20 stars in buf[pos:stop]
     is, or -1 (none, or the caller handles lines of stars: they are hits)."""
     find = buf.find
+    fast_match = _FAST.match
     while pos < stop:
         f = p.follow
         w = p.watch
@@ -956,7 +1017,7 @@ def _walk(p: _Parser, buf: bytes, pos: int, stop: int, st: int) -> int:
                 p.watch = 4
             st = find(_STARS_B, e + 1, stop)
         elif f or c or (w and (find(_W0B, pos, e) >= 0 or find(_W1B, pos, e) >= 0)):
-            m = _FAST.match(buf, pos, e) if e - pos <= _MAX_LINE else None
+            m = fast_match(buf, pos, e) if e - pos <= _MAX_LINE else None
             if m is not None:
                 p.fast(m)
             else:

@@ -406,3 +406,33 @@ def test_parse_file_stars_fast_path_matches_parse_text(monkeypatch, block, ansi)
     monkeypatch.setattr(spdklog, "_BLOCK", block)
     assert list(parse_file(io.BytesIO(data))) == expected
     assert len(expected) == 6
+
+
+# ----------------------------------------------------- clock arithmetic
+@pytest.mark.parametrize("start,end,waited", [
+    # Jenkins elapsed prefix (ms), incl. hours past 99 and a wait across an hour
+    ("00:07:20.302  ", "00:07:23.302  ", 3.0),
+    ("00:59:59.999  ", "01:00:00.000  ", 0.001),
+    ("123:00:00.100  ", "123:01:23.300  ", 83.2),
+    ("00:00:01.000  ", "00:00:00.500  ", 0.0),  # backwards: 0, as before
+    # GitHub Actions prefix: 1 to 9 fraction digits, each time to the nearest 100 ns
+    ("2026-09-17T03:25:48.5680391Z ", "2026-09-17T03:27:11.7680391Z ", 83.2),
+    ("2026-09-17T23:59:59.9Z ", "2026-09-18T00:00:03.15Z ", 3.25),
+    ("2026-09-17T03:25:48Z ", "2026-09-17T03:25:48.0000001Z ", 1e-07),
+    ("2026-09-17T03:25:48.123456789Z ", "2026-09-17T03:25:48.123456799Z ", 0.0),
+    ("2026-09-17T03:25:48.12345679Z ", "2026-09-17T03:25:49.2Z ", 1.0765432),
+    ("2026-09-17T03:25:48.00000004Z ", "2026-09-17T03:25:48.00000016Z ", 2e-07),
+])
+def test_waits_are_the_logged_clock_difference(tmp_path, start, end, waited):
+    """Prefix clocks are kept exact: a wait is the float nearest to the
+    difference of the two logged times (3.0, not 3.0000000001)."""
+    stars = "*" * 36
+    lines = [(start, stars), (start, "START TEST t"), (start, stars),
+             (start, " 14:10:00 x -- a/b.sh@5 -- # vm_shutdown_all"),
+             (start, "INFO: Waiting for VMs to shutdown..."),
+             (end, "INFO: All VMs successfully shut down"),
+             (end, stars), (end, "END TEST t"), (end, stars)]
+    runs = all_ways("".join(p + x + "\n" for p, x in lines), tmp_path, slow_threshold_s=100)
+    assert [(r.test, r.outcome) for r in runs] == [("t", Outcome.PASS)]
+    assert runs[0].shutdowns[0].waited_s == waited
+    assert runs[0].duration_s == waited

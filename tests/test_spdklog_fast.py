@@ -31,6 +31,21 @@ SHAPES = [
     (J + " 23:59:59 x -- a@b@5 -- # vm_shutdown_all", True),
     (J + " 14:10:20 x -- a@1:vm_shutdown_all@2:x", True),
     (J + " 14:10:20 x -- a/b.sh@9 -- $ err_clean vm_shutdown_all 508", True),
+    # the call / timeo=N alternatives of _FAST, and commands they must leave
+    # to _xtrace (feed's _CALL / _TIMEO reject them, or take them differently)
+    (XCALL + "\t7\t", True),
+    (XCALL + " 1234567890", True),  # 10 digits: not a call (_CALL)
+    (XCALL + " 30 x", True),
+    (XCALL + " timeo=5", True),
+    (XCALL + "x", True),
+    (J + " 14:10:20 x -- a.sh@1 -- # timeo=5", True),
+    (J + " 14:10:20 x -- a.sh@1 -- # local \t timeo=5 # vm_shutdown_all", True),
+    (J + " 14:10:20 x -- a.sh@1 -- # local timeo=1234567890", True),  # N: 9 digits
+    (J + " 14:10:20 x -- a.sh@1 -- # local timeo=x", True),
+    (J + " 14:10:20 x -- a.sh@1 -- # localtimeo=5", True),
+    (J + " 14:10:20 x -- a.sh@1 -- # local timeo=5\r", True),
+    (J + " 14:10:20 x -- a.sh@1 -- # local timeo", True),
+    (J + " 14:10:20 x -- a.sh@1 -- #  local timeo=5", True),
     (J + "INFO: Waiting for VMs to shutdown...", True),
     (J + "INFO: Waiting for VMs to shutdown...\r", True),
     (J + "INFO: All VMs successfully shut down", True),
@@ -118,7 +133,8 @@ def test_pending_clock_and_midnight_through_the_fast_path():
         assert p.stack[0].start == [None, 86399]
 
 
-ALPHABET = st.sampled_from(list("ab09 \t*@:-#$./()\r") + ["\x1b", "é", "\x1c", "\x85", "TEST", "VMs"])
+ALPHABET = st.sampled_from(list("ab09 \t*@:-#$./()\r") + ["\x1b", "é", "\x1c", "\x85", "TEST", "VMs",
+                                                        "timeo=", "local ", "vm_shutdown_all"])
 
 
 def mutate(line: str, edits) -> str:
