@@ -844,7 +844,7 @@ def parse_file(path_or_file: Union[str, "os.PathLike[str]", IO[bytes]], *,
 
 def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
     p = _Parser(slow_threshold_s)
-    scan_block = _scan_block if _HS else _scan_block_find
+    scan_block = _scan_block if _HS and _scan.ready() else _scan_block_find
     out = p.out
     carry = b""
     while True:

@@ -62,6 +62,21 @@ def _database(stars: bool):
     return db
 
 
+_ready: Optional[bool] = None
+
+
+def ready() -> bool:
+    """True once both databases compile. Hyperscan can import and still refuse
+    to compile, e.g. on a CPU without SSSE3; spdklog then uses bytes.find."""
+    global _ready
+    if _ready is None:
+        try:
+            _ready = AVAILABLE and _database(True) is not None and _database(False) is not None
+        except Exception:  # hyperscan.error and whatever a broken install raises
+            _ready = False
+    return _ready
+
+
 def hits(buf: bytes, end: int, stars: bool = True) -> list[int]:
     """Sorted ``offset << 3 | kind`` of the needle matches in buf[:end]
     (without STARS hits if not stars)."""

@@ -59,6 +59,26 @@ def test_fallback_is_used_without_hyperscan(monkeypatch):
 
 
 @pytest.mark.skipif(not spdklog_scan.AVAILABLE, reason="hyperscan not installed")
+def test_fallback_when_hyperscan_cannot_compile(monkeypatch):
+    """Hyperscan imports but refuses to compile (e.g. a CPU without SSSE3): the
+    bytes.find scanner runs and the Runs are the same."""
+    b = LogBuilder("2024", "jenkins")
+    b.iteration(waits=(4.0, 83.0))
+    data = b.text().encode()
+    expected = parse_text(data)
+
+    class Broken:
+        def __init__(self, *a, **k):
+            raise spdklog_scan._hs.error("unsupported platform")
+
+    monkeypatch.setattr(spdklog_scan._hs, "Database", Broken)
+    monkeypatch.setattr(spdklog_scan, "_dbs", [None, None])
+    monkeypatch.setattr(spdklog_scan, "_ready", None)
+    assert list(parse_file(io.BytesIO(data))) == expected
+    assert spdklog_scan.ready() is False
+
+
+@pytest.mark.skipif(not spdklog_scan.AVAILABLE, reason="hyperscan not installed")
 def test_hits_one_per_needle_run():
     buf = (b"x\n" + b"*" * 36 + b"\n== " + b"=" * 11 + b" x\n"
            b"a VMs shut\n\x1b[0m\x1b[1m\n vm_shutdown_all\nFLAKEBOT-ITERATION-END\n")
