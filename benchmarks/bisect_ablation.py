@@ -15,6 +15,11 @@ variants of the engine:
   posterior. If the planner were what costs runs at a cold start, this would
   approach the known-rates column; if the honest uncertainty about the rates
   is what costs them, it will not.
+- warm start: the prior the product builds from its store (campaign.history_counts
+  -> prior_from_evidence, history_cap 50): 100 nightly runs at the good end and its
+  ancestors (capped to 50 pseudo-runs) and the 20 runs at the bad end from the night
+  that noticed the rise, drawn from the scenario. Those runs were spent by the
+  nightly service, not by the bisection, and are not counted.
 - known rates: the engine told the true rates (planning and verdict).
 - known rates, no bad-end runs: the same without the engine's first runs at
   the bad end (what BISECTION.md's "rates known" figures correspond to).
@@ -41,11 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bisect_bench as bb  # noqa: E402
-from flakebot.analysis import EngineSettings, default_prior, known_rates_prior, step  # noqa: E402
+from flakebot.analysis import (EngineSettings, default_prior, known_rates_prior,  # noqa: E402
+                               prior_from_evidence, step)
 
 CELLS = [0, 1, 2, 3, 8]  # bisect_bench.SCENARIOS: the four target cells and the #3322 shape
-VARIANTS = ["default", "old prior", "flat baseline", "oracle planning", "known rates",
+VARIANTS = ["default", "old prior", "flat baseline", "oracle planning", "warm start", "known rates",
             "known rates, no bad-end runs"]
+WARM_BASELINE_RUNS, WARM_BAD_RUNS, HISTORY_CAP = 100, 20, 50.0
 
 
 def _settings(sc: bb.Scenario, variant: str, seed: int) -> EngineSettings:
@@ -55,6 +62,11 @@ def _settings(sc: bb.Scenario, variant: str, seed: int) -> EngineSettings:
         prior = default_prior(before_decay=0.6, baseline_knee=(0.0, 0.0))
     elif variant == "flat baseline":
         prior = default_prior(before_decay=1.0)
+    elif variant == "warm start":
+        rng = np.random.default_rng([seed, 7])  # its own stream: the trial's draws stay the same
+        base = rng.multinomial(WARM_BASELINE_RUNS, np.asarray(sc.before) / sum(sc.before))
+        bad = rng.multinomial(WARM_BAD_RUNS, np.asarray(sc.after) / sum(sc.after))
+        prior = prior_from_evidence(base, bad, cap=HISTORY_CAP)
     elif variant.startswith("known rates"):
         prior = known_rates_prior(bb.groups3(sc.before), bb.groups3(sc.after))
         if variant.endswith("no bad-end runs"):
