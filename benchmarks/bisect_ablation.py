@@ -15,11 +15,16 @@ variants of the engine:
   posterior. If the planner were what costs runs at a cold start, this would
   approach the known-rates column; if the honest uncertainty about the rates
   is what costs them, it will not.
+- plug-in planning: the probes are chosen as if the rates were those of the
+  honest posterior's most probable culprit (certainty equivalence), the
+  verdict still from the honest posterior: a planner that needs no oracle.
 - warm start: the prior the product builds from its store (campaign.history_counts
   -> prior_from_evidence, history_cap 50): 100 nightly runs at the good end and its
   ancestors (capped to 50 pseudo-runs) and the 20 runs at the bad end from the night
   that noticed the rise, drawn from the scenario. Those runs were spent by the
   nightly service, not by the bisection, and are not counted.
+- confirm 10 runs: the default engine with the product's bisect.confirm_runs
+  (10 runs at the culprit and at its parent; the engine's own default is 2).
 - known rates: the engine told the true rates (planning and verdict).
 - known rates, no bad-end runs: the same without the engine's first runs at
   the bad end (what BISECTION.md's "rates known" figures correspond to).
@@ -47,11 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bisect_bench as bb  # noqa: E402
 from flakebot.analysis import (EngineSettings, default_prior, known_rates_prior,  # noqa: E402
-                               prior_from_evidence, step)
+                               posterior, prior_from_evidence, step)
 
 CELLS = [0, 1, 2, 3, 8]  # bisect_bench.SCENARIOS: the four target cells and the #3322 shape
-VARIANTS = ["default", "old prior", "flat baseline", "oracle planning", "warm start", "known rates",
-            "known rates, no bad-end runs"]
+VARIANTS = ["default", "old prior", "flat baseline", "oracle planning", "plug-in planning", "warm start",
+            "confirm 10 runs", "known rates", "known rates, no bad-end runs"]
 WARM_BASELINE_RUNS, WARM_BAD_RUNS, HISTORY_CAP = 100, 20, 50.0
 
 
@@ -71,6 +76,8 @@ def _settings(sc: bb.Scenario, variant: str, seed: int) -> EngineSettings:
         prior = known_rates_prior(bb.groups3(sc.before), bb.groups3(sc.after))
         if variant.endswith("no bad-end runs"):
             kw["bad_end_runs"] = 0
+    elif variant == "confirm 10 runs":
+        kw["confirm_runs"] = 10
     return EngineSettings(prior=prior, max_runs=sc.max_runs, build_minutes=0.0, iteration_options=(1,),
                           seed=seed, **kw)
 
@@ -79,10 +86,15 @@ def trial(args) -> tuple[tuple[int, str], tuple[bool, int]]:
     i, variant, seed = args
     sc = bb.SCENARIOS[i]
     st = _settings(sc, variant, seed)
-    oracle = None
+    planner = None  # counts -> the prior the probes are chosen with (None: the engine's own)
     if variant == "oracle planning":
-        oracle = EngineSettings(prior=known_rates_prior(bb.groups3(sc.before), bb.groups3(sc.after)),
-                                build_minutes=0.0, iteration_options=(1,), seed=seed)
+        known = known_rates_prior(bb.groups3(sc.before), bb.groups3(sc.after))
+        planner = lambda counts: known  # noqa: E731
+    elif variant == "plug-in planning":
+        def planner(counts):
+            post = posterior(counts, st.prior)
+            top = int(np.argmax(post.culprit))
+            return known_rates_prior(post.pred_before[top], post.pred_after[top])
     rng = np.random.default_rng([seed, 1])
     k = bb.draw_culprit(sc, rng)
     counts = np.zeros((sc.n + 1, 6), dtype=np.int64)
@@ -92,8 +104,10 @@ def trial(args) -> tuple[tuple[int, str], tuple[bool, int]]:
         if s.verdict:
             return (i, variant), (s.verdict == "culprit" and s.culprit == k, runs)
         reqs = s.requests
-        if oracle is not None and s.confidence < st.confidence:  # confirmation runs stay the engine's
-            o = step(counts, set(), runs, 0.0, [], 1, oracle, rng=rng)
+        if planner is not None and s.confidence < st.confidence:  # confirmation runs stay the engine's
+            o = step(counts, set(), runs, 0.0, [], 1,
+                     EngineSettings(prior=planner(counts), build_minutes=0.0, iteration_options=(1,), seed=seed),
+                     rng=rng)
             if not o.verdict and o.requests:
                 reqs = o.requests
         for j, m in reqs:
@@ -103,6 +117,15 @@ def trial(args) -> tuple[tuple[int, str], tuple[bool, int]]:
 
 ITERATION_OPTIONS = [(1, 2, 4, 8), (1, 2), (1,)]
 HOST_CELLS = [0, 3, 8]
+
+
+def _pool(fn, tasks, jobs: int) -> dict:
+    """Run fn over tasks in jobs processes; its (key, result) pairs as key -> [results]."""
+    res: dict = {}
+    with mp.Pool(jobs) as pool:
+        for key, r in pool.imap_unordered(fn, tasks, chunksize=2):
+            res.setdefault(key, []).append(r)
+    return res
 
 
 def host_trial(args):
@@ -118,10 +141,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     tasks = [(i, v, s) for i in CELLS for v in VARIANTS for s in range(args.trials)]
     t0 = time.time()
-    res: dict = {}
-    with mp.Pool(args.jobs) as pool:
-        for key, r in pool.imap_unordered(trial, tasks, chunksize=2):
-            res.setdefault(key, []).append(r)
+    res = _pool(trial, tasks, args.jobs)
     print(f"Command: `.venv/bin/python benchmarks/bisect_ablation.py {' '.join(argv or sys.argv[1:])}`  ")
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.trials} trials per cell; "
           f"{(time.time() - t0) / 60:.1f} min on {args.jobs} processes.\n")
@@ -137,10 +157,7 @@ def main(argv=None) -> None:
     if args.host_trials <= 0:
         return
     tasks = [(i, o, s) for i in HOST_CELLS for o in ITERATION_OPTIONS for s in range(args.host_trials)]
-    hres: dict = {}
-    with mp.Pool(args.jobs) as pool:
-        for key, r in pool.imap_unordered(host_trial, tasks, chunksize=2):
-            hres.setdefault(key, []).append(r)
+    hres = _pool(host_trial, tasks, args.jobs)
     print(f"\n8 hosts, {args.host_trials} trials per cell: host-hours / wall-clock hours / runs / accuracy\n")
     print("| iterations per request | " + " | ".join(bb.SCENARIOS[i].name for i in HOST_CELLS) + " |")
     print("|---|" + "---|" * len(HOST_CELLS))
