@@ -2,7 +2,7 @@
 
 Pure and deterministic: no I/O, no sleeping, no global RNG. The same
 (seed, run_id, test, commit) always gives the same log. Formats follow
-SPDK.md and the samples in /work/shared/spdk-logs:
+the sample logs in tests/fixtures/spdk-logs (docs/spdk.md):
 
 - ``fmt``: ``jenkins`` (Timestamper elapsed prefix ``HH:MM:SS.mmm  ``),
   ``gha`` (``2026-09-17T03:25:48.5680391Z ``) or ``plain`` (no prefix).

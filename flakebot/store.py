@@ -63,9 +63,10 @@ def default_db_path(env: Mapping[str, str] = os.environ) -> Path:
     return root / "flakebot" / "flakebot.db"
 
 
-def utcnow() -> str:
-    """Now, UTC, ISO 8601 with seconds: ``2026-11-25T16:21:42+00:00``."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def utcnow(clock: Optional[Callable[[], datetime]] = None) -> str:
+    """Now (or ``clock()``), UTC, ISO 8601 with seconds: ``2026-11-25T16:21:42+00:00``."""
+    t = clock() if clock else datetime.now(timezone.utc)
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds")
 
 
 def _enum_value(v: Any) -> Any:
@@ -247,8 +248,10 @@ class Store:
         >>> s.close()
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, *,
+                 clock: Optional[Callable[[], datetime]] = None):
         self.path = Path(path) if path is not None else default_db_path()
+        self.clock = clock  # injectable wall clock for the stamps (tests shift the date)
         self._lock = threading.RLock()
         self._depth = 0
         try:
@@ -490,7 +493,7 @@ class Store:
                     "tests": json.dumps(list(request.tests)),
                     "iterations": request.iterations,
                     "campaign_id": campaign_id,
-                    "submitted_at": utcnow(),
+                    "submitted_at": utcnow(self.clock),
                 }
             )
             return db.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -534,7 +537,7 @@ class Store:
             if row[0] == "ingested":
                 updates.pop("status", None)
             if finished and row[1] is None:
-                updates["finished_at"] = utcnow()
+                updates["finished_at"] = utcnow(self.clock)
             if updates:
                 db["builds"].update(build_id, updates)
 
@@ -577,7 +580,7 @@ class Store:
         a build already ingested adds nothing (returns 0), and a run already
         present (same build, test, iteration) is skipped."""
         runs = list(runs)
-        now = utcnow()
+        now = utcnow(self.clock)
         with self.write() as db:
             row = db.execute("SELECT status, host FROM builds WHERE id = ?", [build_id]).fetchone()
             if row is None:
@@ -748,7 +751,7 @@ class Store:
         """
         if kind not in CAMPAIGN_KINDS:
             raise StoreError(f"unknown campaign kind {kind!r}")
-        now = utcnow()
+        now = utcnow(self.clock)
         with self.write() as db:
             db["campaigns"].insert(
                 {
@@ -804,7 +807,7 @@ class Store:
     def update_campaign(self, campaign_id: int, *, params: Optional[dict] = None,
                         status: Optional[str] = None) -> None:
         """Replace params and/or set status ('open', 'done', 'aborted')."""
-        updates: dict[str, Any] = {"updated_at": utcnow()}
+        updates: dict[str, Any] = {"updated_at": utcnow(self.clock)}
         if params is not None:
             updates["params"] = json.dumps(params, sort_keys=True)
         if status is not None:
@@ -837,7 +840,7 @@ class Store:
                     "culprit": culprit,
                     "confidence": confidence,
                     "result": json.dumps(result, sort_keys=True),
-                    "updated_at": utcnow(),
+                    "updated_at": utcnow(self.clock),
                 },
             )
 
@@ -866,7 +869,7 @@ class Store:
             cur = db.execute(
                 "INSERT OR IGNORE INTO comments (key, target, body, status, attempts, created_at)"
                 " VALUES (?, ?, ?, 'queued', 0, ?)",
-                [key, target, body, utcnow()],
+                [key, target, body, utcnow(self.clock)],
             )
             return cur.rowcount == 1
 
@@ -898,7 +901,7 @@ class Store:
                     error,
                     error,
                     status,
-                    utcnow(),
+                    utcnow(self.clock),
                     key,
                 ],
             )
@@ -930,12 +933,12 @@ class Store:
                 "INSERT INTO nightly_events (kind, test, before_sha, after_sha, tip_sha, probability,"
                 " campaign_id, detail, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [kind, test, before, after, tip, probability, campaign_id,
-                 json.dumps(detail, sort_keys=True) if detail is not None else None, utcnow()])
+                 json.dumps(detail, sort_keys=True) if detail is not None else None, utcnow(self.clock)])
             return cur.lastrowid
 
     def mark_event_reported(self, event_id: int) -> None:
         with self.write() as db:
-            db.execute("UPDATE nightly_events SET reported_at = ? WHERE id = ?", [utcnow(), event_id])
+            db.execute("UPDATE nightly_events SET reported_at = ? WHERE id = ?", [utcnow(self.clock), event_id])
 
     def events(self, test: Optional[str] = None) -> list[dict]:
         """Recorded rises and falls, oldest first (detail decoded)."""
@@ -951,7 +954,7 @@ class Store:
         with self.write() as db:
             db["nightly"].insert(
                 {"test": test, "commit_sha": commit_sha, "build_id": build_id,
-                 "started_at": utcnow()}
+                 "started_at": utcnow(self.clock)}
             )
             return db.execute("SELECT last_insert_rowid()").fetchone()[0]
 

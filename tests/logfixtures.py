@@ -1,5 +1,5 @@
 """Builder for synthetic SPDK console logs, in the shapes of the samples in
-shared/spdk-logs/ (SPDK.md), for tests and the parse benchmark.
+tests/fixtures/spdk-logs/, for tests and the parse benchmark.
 
     b = LogBuilder(era="2024", prefix="jenkins")
     b.iteration("vfio_user_nvme_restart_vm", waits=(4.0, 83.0))

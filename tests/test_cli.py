@@ -14,7 +14,7 @@ from flakebot.cli import main
 from flakebot.demo_repo import build_demo_repo
 from flakebot.store import Store
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spdk-logs"
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "spdk-logs"
 TEST = "vfio_user_nvme_restart_vm"
 
 

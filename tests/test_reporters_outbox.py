@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -44,10 +45,15 @@ class KillAfterPost:
         return self.store.mark_comment(key, status, external_id, error)
 
 
-@pytest.fixture
-def env(tmp_path):
+@pytest.fixture(params=[0, 365], ids=["today", "a-year-ahead"])
+def env(tmp_path, request):
+    """Every party's clock (store, fakes, clients) shifted by the same number of days:
+    nothing here may depend on today's date."""
+    shift = timedelta(days=request.param)
+    wall = lambda: datetime.now(timezone.utc) + shift  # noqa: E731
     clock = FakeClock()
-    with FakeGerrit({"flakebot": "pw"}) as g, FakeGitHub(token=TOKEN) as gh:
+    clock.t += shift.total_seconds()
+    with FakeGerrit({"flakebot": "pw"}, clock=wall) as g, FakeGitHub(token=TOKEN, clock=wall) as gh:
         change = g.add_change(CULPRIT, status="MERGED", subject="test/vfio_user: x")
         gh.add_issue(3322)
         gh.add_pull(2048, head=CULPRIT, commits=[CULPRIT])
@@ -55,9 +61,9 @@ def env(tmp_path):
         hc = GitHubClient(gh.url, "spdk/spdk", TOKEN, timeout=5, sleep=clock.sleep,
                           clock=clock.time)
         reps = {"gerrit": GerritReporter(gc), "github": GitHubReporter(hc)}
-        store = Store(tmp_path / "flakebot.db")
+        store = Store(tmp_path / "flakebot.db", clock=wall)
         yield type("Env", (), dict(g=g, gh=gh, change=change, reps=reps, store=store,
-                                   clock=clock, path=tmp_path / "flakebot.db"))
+                                   clock=clock, wall=wall, path=tmp_path / "flakebot.db"))
         store.close()
 
 
@@ -112,7 +118,7 @@ def test_killed_between_post_and_record_does_not_post_again(env, killed_key):
     assert env.store.get_comment(killed_key)["status"] == "queued"  # not recorded
     # restart: a new process, a new Store on the same file, the same call again
     env.store.close()
-    env.store = Store(env.path)
+    env.store = Store(env.path, clock=env.wall)
     rep = outbox.deliver_result(env.store, bisect_result(), env.reps, tracking_issues=TRACKING)
     assert rep.found == [killed_key]
     assert counts(env) == (1, 1, 1)

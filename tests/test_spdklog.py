@@ -1,4 +1,4 @@
-"""flakebot.spdklog: SPDK console text -> Runs. Samples from shared/spdk-logs/,
+"""flakebot.spdklog: SPDK console text -> Runs. Samples from tests/fixtures/spdk-logs/,
 synthetic logs from tests/logfixtures.py (every era x prefix x outcome)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from flakebot.model import Outcome
 from flakebot.spdklog import parse_file, parse_lines, parse_text
 from tests.logfixtures import LogBuilder
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spdk-logs"
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "spdk-logs"
 ERAS = ("pre2024", "2024", "2025")
 PREFIXES = ("jenkins", "gha", "plain")
 

@@ -26,7 +26,7 @@ import re
 import shlex
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from flakebot.fakes._server import FakeHandler, FakeServer
@@ -47,7 +47,7 @@ def _parse_since(v: str) -> Optional[str]:
 
 class FakeGerrit(FakeServer):
     def __init__(self, users: Optional[dict[str, str]] = None, project: str = "spdk/spdk",
-                 port: int = 0):
+                 port: int = 0, clock: Optional[Callable[[], datetime]] = None):
         self.users = dict(users if users is not None else {"flakebot": "http-password"})
         self.project = project
         self.port = port
@@ -60,7 +60,10 @@ class FakeGerrit(FakeServer):
         self._faults: list[dict] = []
         self._next_number = 22970
         self._next_account = 1000
-        self._clock = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+        # The real service stamps with the real time: so does the fake, through an
+        # injectable wall clock (tests shift it; never a fixed date).
+        self.wall = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = self.wall()
         for u in self.users:
             self.account(u)
 
@@ -69,7 +72,7 @@ class FakeGerrit(FakeServer):
     def now(self) -> str:
         """Advance the fake clock by one millisecond and return a Gerrit timestamp."""
         with self.lock:
-            self._clock += timedelta(milliseconds=1)
+            self._clock = max(self.wall(), self._clock + timedelta(milliseconds=1))  # monotonic
             return _ts(self._clock)
 
     def set_clock(self, dt: datetime) -> None:

@@ -27,9 +27,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from flakebot.fakes._server import FakeHandler, FakeServer
@@ -41,7 +40,8 @@ def _iso(dt: datetime) -> str:
 
 class FakeGitHub(FakeServer):
     def __init__(self, repo: str = "spdk/spdk", token: str = "test-token",
-                 bot_login: str = "flakebot", port: int = 0):
+                 bot_login: str = "flakebot", port: int = 0,
+                 clock: Optional[Callable[[], datetime]] = None):
         self.repo = repo
         self.token = token
         self.bot_login = bot_login
@@ -57,7 +57,10 @@ class FakeGitHub(FakeServer):
         self._faults: list[dict] = []
         self._limits: list[dict] = []
         self._next_id = 1000
-        self._clock = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+        # The real service stamps with the real time: so does the fake, through an
+        # injectable wall clock (tests shift it; never a fixed date).
+        self.wall = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = self.wall()
         self.rate_limit = 5000
         self.remaining = 5000
 
@@ -66,7 +69,7 @@ class FakeGitHub(FakeServer):
     def now(self) -> str:
         """Advance the fake clock one second; ISO 8601 UTC."""
         with self.lock:
-            self._clock += timedelta(seconds=1)
+            self._clock = max(self.wall(), self._clock + timedelta(seconds=1))  # monotonic
             return _iso(self._clock)
 
     def set_clock(self, dt: datetime) -> None:
@@ -176,7 +179,7 @@ class _Handler(FakeHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
-        reset = int(time.time()) + 3600
+        reset = int(fake.wall().timestamp()) + 3600
         hdr = {"x-ratelimit-limit": str(fake.rate_limit), "x-ratelimit-remaining": str(fake.remaining),
                "x-ratelimit-used": str(fake.rate_limit - fake.remaining),
                "x-ratelimit-reset": str(reset), "x-ratelimit-resource": "core"}
@@ -223,7 +226,7 @@ class _Handler(FakeHandler):
         self._send(status, obj, extra)
 
     def _send_limit(self, lim: dict) -> None:
-        now = int(time.time())
+        now = int(self.fake.wall().timestamp())
         if lim["kind"] == "primary":
             return self._send(lim["status"], {
                 "message": "API rate limit exceeded for user ID 1.",
