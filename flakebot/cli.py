@@ -16,25 +16,29 @@ from typing import Optional
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from flakebot import spdklog
 from flakebot.batch import run_at
 from flakebot.campaign import BisectCampaign, BisectParams, Progress as CampaignProgress, open_bisect
-from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
+from flakebot.cliutil import FlakebotGroup, InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
 from flakebot.config import load_config
+from flakebot.model import OUTCOME_LABEL, OUTCOME_ORDER, fmt_outcomes
 from flakebot.report import write_reports
-from flakebot.wiring import (build_executor, check_tests, open_history, open_store, poll_seconds,
+from flakebot.report.table import Col, fitted
+from flakebot.wiring import (build_executor, check_tests, open_existing_store, open_history, open_store, poll_seconds,
                              resolve_commit)
 
 EXIT_OK, EXIT_INCONCLUSIVE = 0, 3
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: a sentence is never broken by a hard newline at 80 columns when piped
+# (tables still lay out for the width).
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FlakebotGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar=None,
               help="TOML config file (default: $FLAKEBOT_CONFIG, then ./flakebot.toml).")
 @click.version_option(package_name="flakebot")
@@ -42,7 +46,7 @@ out = Console()
 def main(ctx: click.Context, config_path: Optional[str]) -> None:
     """Find the commit that made an intermittent CI failure more frequent."""
     ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
+    ctx.obj["config_path"] = config_path  # a --config after the subcommand, parsed later, wins
 
 
 # --------------------------------------------------------------------- run
@@ -73,38 +77,32 @@ def run(ctx, commit, tests, iterations, db, executor, command_, repo, seed, as_j
         print_run_table(summary)
 
 
-OUTCOME_ORDER = ("pass", "slow", "timeout", "fail", "infra")
-
-
 def print_run_table(summary: dict, title: Optional[str] = None) -> None:
     sha = summary["commit"]
-    t = Table(title=title or f"{sha[:10]}: runs by outcome", title_justify="left")
-    t.add_column("test")
-    t.add_column("runs", justify="right")
-    for o in OUTCOME_ORDER:
-        t.add_column(o, justify="right")
+    cols = [Col("test", "left"), Col("runs")] + [Col(OUTCOME_LABEL[o]) for o in OUTCOME_ORDER]
+    rows = [[pt["test"], str(pt["runs"]), *[str(pt["outcomes"].get(o, 0)) for o in OUTCOME_ORDER]]
+            for pt in summary["tests"]]
+    out.print(fitted(title or f"{sha[:10]}: runs by outcome", cols, rows, out.width))
     for pt in summary["tests"]:
-        t.add_row(pt["test"], str(pt["runs"]), *[str(pt["outcomes"].get(o, 0)) for o in OUTCOME_ORDER])
-    out.print(t)
-    for pt in summary["tests"]:
-        w = Table(title=f"{pt['test']}: vm_shutdown_all waits (s) against the limit", title_justify="left")
-        for c in ("call site", "n", "p50", "p95", "max", "limit", "timed out"):
-            w.add_column(c, justify="left" if c == "call site" else "right", no_wrap=True)
-        for ws in pt["waits"]:
-            w.add_row(ws["call_site"], str(ws["n"]), _s(ws["p50"]), _s(ws["p95"]),
-                      _s(ws["max"], ws["limit_s"]), str(ws["limit_s"]), str(ws["timeouts"]))
-        out.print(w)
+        print_waits(f"{pt['test']}: vm_shutdown_all waits (s) against the limit", pt["waits"])
 
 
-def _s(v: Optional[float], limit: Optional[float] = None) -> str:
+def print_waits(title: str, waits: list[dict], side: bool = False) -> None:
+    """p50/p95/max of the shutdown waits per call site (and side of the culprit)."""
+    counted = all("timeouts" in ws for ws in waits)
+    cols = ([Col("side", "left")] if side else []) + [Col("call site", "left")] + [
+        Col(c) for c in ("n", "p50", "p95", "max", "limit") + (("timed out",) if counted else ())]
+    rows = [([ws["side"]] if side else []) + [ws["call_site"], str(ws["n"]), _s(ws["p50"]), _s(ws["p95"]),
+                                              _s(ws["max"], ws["limit_s"]), str(ws["limit_s"])]
+            + ([str(ws["timeouts"])] if counted else []) for ws in waits]
+    out.print(fitted(title, cols, rows, out.width))
+
+
+def _s(v: Optional[float], limit: Optional[float] = None) -> Text:
     if v is None:
-        return "-"
-    text = f"{v:.1f}"
-    if limit and v >= limit:
-        return f"[bold red]{text}[/]"
-    if limit and v >= 0.66 * limit:
-        return f"[yellow]{text}[/]"
-    return text
+        return Text("-")
+    style = "bold red" if limit and v >= limit else "yellow" if limit and v >= 0.66 * limit else ""
+    return Text(f"{v:.1f}", style=style)
 
 
 # --------------------------------------------------------------- import-log
@@ -115,7 +113,7 @@ def _s(v: Optional[float], limit: Optional[float] = None) -> str:
 @click.option("--test", "tests", multiple=True, help="Only these tests (default: every test found).")
 @click.option("--db", type=click.Path(dir_okay=False), help="SQLite database file.")
 @click.option("--repo", type=click.Path(file_okay=False), help="Local SPDK git clone (to resolve --commit).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a line per file.")
 @click.pass_context
 @guard
 def import_log(ctx, files, commit, tests, db, repo, as_json):
@@ -151,15 +149,16 @@ def import_log(ctx, files, commit, tests, db, repo, as_json):
     else:
         for r in report:
             note = "" if r["added"] else " (already imported; nothing added)"
-            out.print(f"{r['file']}: {r['runs']} runs {r['outcomes']}{note}")
+            out.print(f"{r['file']}: {r['runs']} runs ({fmt_outcomes(r['outcomes'])}){note}", highlight=False)
 
 
 # ------------------------------------------------------------------- bisect
 
 @main.command()
-@click.option("--good", help="Last commit believed good (older end).")
-@click.option("--bad", help="Commit where the failure is more frequent (newer end).")
-@click.option("--test", help="Test to bisect.")
+@click.option("--good", help="Last commit believed good (older end). Required unless --resume/--abort.")
+@click.option("--bad", help="Commit where the failure is more frequent (newer end). Required unless "
+              "--resume/--abort.")
+@click.option("--test", help="Test to bisect. Required unless --resume/--abort.")
 @click.option("--confidence", type=float, help="Posterior probability to stop at (default bisect.confidence).")
 @click.option("--max-runs", type=int, help="Budget: most test runs (default bisect.max_runs).")
 @click.option("--max-host-hours", type=float, help="Budget: most host hours; 0 = no limit.")
@@ -171,10 +170,12 @@ def import_log(ctx, files, commit, tests, db, repo, as_json):
 @guard
 def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, resume_id, abort_id,
            db, executor, command_, repo, seed, as_json):
-    """Find the commit in GOOD..BAD that raised TEST's failure rate."""
+    """Find the commit in GOOD..BAD that raised TEST's failure rate.
+
+    Start one with --good, --bad and --test; continue one with --resume ID."""
     if abort_id is not None:
         cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
-        with open_store(cfg) as store:
+        with open_existing_store(cfg) as store:
             BisectCampaign(store, build_executor(cfg), abort_id).abort()
         out.print(f"campaign {abort_id} aborted; its finished runs stay stored")
         return
@@ -194,7 +195,7 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, resume_id
         good_c = history.commit(history.resolve(good))
         commits = history.first_parent_range(good, bad)
     ex = build_executor(cfg)
-    with open_store(cfg) as store:
+    with (open_existing_store if resume_id is not None else open_store)(cfg) as store:
         if resume_id is not None:
             row = store.get_campaign(resume_id)
             if row["kind"] != "bisect":
@@ -248,14 +249,15 @@ def print_bisect_result(r: dict) -> None:
     verdict = r["verdict"]
     if verdict == "culprit":
         info = r.get("culprit_info") or {}
-        out.print(f"[bold]culprit[/] {r['culprit'][:10]} {info.get('subject', '')}  "
-                  f"(confidence {r['confidence']:.3f})", highlight=False)
+        out.print(f"[bold]culprit[/] {r['culprit'][:10]} (confidence {r['confidence']:.3f})", highlight=False)
+        out.print(f"  {info.get('subject', '')}", highlight=False)
         rates = r.get("rates")
         if rates:
-            for side in ("before", "after"):
-                s = rates[side]
-                out.print(f"  {side:6}: timeouts {fmt_rate(s['timeout'])}, near misses {fmt_rate(s['near_miss'])}, "
-                          f"other failures {fmt_rate(s['fail'])}", highlight=False)
+            cols = [Col("side", "left"), Col("timeouts"), Col("near misses"), Col("other failures")]
+            rows = [[side] + [fmt_rate(rates[side][k]) for k in ("timeout", "near_miss", "fail")]
+                    for side in ("before", "after")]
+            out.print(fitted("failure rates on each side of the culprit (k/n, estimate [90% interval])",
+                             cols, rows, out.width))
     elif verdict == "no-regression":
         out.print(f"[bold]no regression[/] in this range (confidence {r['confidence']:.3f})")
     else:
@@ -265,13 +267,7 @@ def print_bisect_result(r: dict) -> None:
     out.print(f"{r['runs']} runs ({r['infra_runs']} infra), {r['builds']} builds, "
               f"{r['host_minutes'] / 60:.1f} host-hours on {len(r['hosts'])} hosts", highlight=False)
     if r.get("waits"):
-        w = Table(title="vm_shutdown_all waits (s)", title_justify="left")
-        for c in ("side", "call site", "n", "p50", "p95", "max", "limit"):
-            w.add_column(c, justify="left" if c in ("side", "call site") else "right")
-        for ws in r["waits"]:
-            w.add_row(ws["side"], ws["call_site"], str(ws["n"]), _s(ws["p50"]), _s(ws["p95"]),
-                      _s(ws["max"], ws["limit_s"]), str(ws["limit_s"]))
-        out.print(w)
+        print_waits("vm_shutdown_all waits (s)", r["waits"], side=True)
 
 
 # --------------------------------------------------------------------- demo
@@ -284,8 +280,9 @@ DEMO_FIRST_NIGHT = datetime(2024, 6, 1, 2, 30, tzinfo=timezone.utc)
               "(default: a new temporary directory).")
 @click.option("--iterations", type=click.IntRange(1, 1000), default=40, show_default=True,
               help="Runs at the tip and at the old commit.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the demo repo, the sim hosts and the search: the same seed gives the same demo.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the story.")
 @click.pass_context
 @guard
 def demo(ctx, workdir, iterations, seed, as_json):
@@ -314,7 +311,9 @@ def demo(ctx, workdir, iterations, seed, as_json):
     history.repo.git.update_ref(f"refs/heads/{cfg.spdk.branch}", tip_sha)
     ex = build_executor(cfg)
     say = (lambda *a, **k: None) if as_json else out.print
-    say(f"demo SPDK repo: {repo_dir} (tip {tip_sha[:10]}, commit {DEMO_TIP}); database: {base / 'flakebot.db'}")
+    say(f"demo SPDK repo: {repo_dir} ({DEMO_COMMITS} commits; the branch tip starts at commit {DEMO_TIP}, "
+        f"{tip_sha[:10]}, and moves on to commit {DEMO_COMMITS - 1} during the nights); "
+        f"database: {base / 'flakebot.db'}")
     with open_store(cfg) as store:
         store.upsert_commits([history.commit(demo_repo.good), history.commit(tip_sha)])
         old, tip = (run_at(store, ex, sha, [test], iterations, slow_threshold_s=cfg.tests.slow_threshold_s,
@@ -344,6 +343,7 @@ def demo(ctx, workdir, iterations, seed, as_json):
         click.echo(json.dumps({"workdir": str(base), "old": old, "tip": tip, "bisect": result,
                                "events": chain["events"], "true_culprit": demo_repo.culprit, "found": right,
                                "true_fix": demo_repo.fix, "report": str(report.path),
+                               "report_index": str(report.path.parent / "index.html"),
                                "comments": sorted(str(p) for p in comments.glob("*"))}, indent=2))
         return
     if result:
@@ -355,7 +355,8 @@ def demo(ctx, workdir, iterations, seed, as_json):
         say(f"appears fixed: the fall is in {fall['before_sha'][:10]}..{fall['after_sha'][:10]} "
             f"(P={fall['probability']:.3f}); the fix is {demo_repo.fix[:10]} (commit {DEMO_FIX})", highlight=False)
     say(f"comments the bot would post (dry run): {comments}", highlight=False)
-    say(f"report: {report.path}", highlight=False)
+    say(f"report: {report.path.parent / 'index.html'} (every test and campaign); the bisection: {report.path}",
+        highlight=False)
 
 
 # Commands kept in their own modules (they do not import this one).

@@ -31,29 +31,32 @@ def report(ctx: click.Context, test: Optional[str], since: Optional[str], campai
            html_path: Optional[str], db: Optional[str]) -> None:
     """Runs by outcome and shutdown waits against the limit, per test and
     commit, and the campaigns with their verdicts."""
-    from flakebot.config import default_db_path
     from flakebot.report.data import collect, parse_since
     from flakebot.report.html import write_report
     from flakebot.report.terminal import print_report
-    from flakebot.store import Store
+    from flakebot.wiring import open_existing_store
 
     cfg = load_config((ctx.obj or {}).get("config_path"))
     if db:
         cfg = cfg.with_overrides({"store.db": db})
     parse_since(since)  # bad dates stop here, before anything is opened
-    path = Path(cfg.store.db) if cfg.store.db else default_db_path()
-    if not path.is_file():
-        raise Fail(f"no database at {path} (run some tests first, or pass --db)")
-    store = Store(path)
+    if html_path:
+        parent = Path(html_path).resolve().parent
+        if not parent.is_dir():
+            raise Fail(f"cannot write {html_path}: no directory {parent}")
+    store = open_existing_store(cfg)
     try:
         if html_path:
-            out = write_report(store, html_path, test=test, since=since, campaign_id=campaign_id,
-                               slow_threshold_s=None if campaign_id else cfg.tests.slow_threshold_s)
+            try:
+                out = write_report(store, html_path, test=test, since=since, campaign_id=campaign_id,
+                                   slow_threshold_s=None if campaign_id else cfg.tests.slow_threshold_s)
+            except OSError as e:  # name the file asked for, not the temporary file beside it
+                raise Fail(f"cannot write {html_path}: {e.strerror or e}") from None
             click.echo(str(out.resolve()))
             return
         data = collect(store, test=test, since=since, campaign_id=campaign_id,
                        slow_threshold_s=None if campaign_id else cfg.tests.slow_threshold_s)
-        # Piped or captured output gets room for the wide tables; a terminal keeps its width.
-        print_report(data, Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200))
+        # The terminal's width (or COLUMNS; 80 when piped): the tables fit it.
+        print_report(data, Console(file=sys.stdout))
     finally:
         store.close()

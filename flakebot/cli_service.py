@@ -17,6 +17,7 @@ from typing import Optional
 import click
 
 from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, guard
+from flakebot.model import fmt_outcomes
 
 def _guard(fn):
     """cliutil.guard, and a second service on the same database is bad input too."""
@@ -75,8 +76,7 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
     click.echo(f"nightly at {result['tip'][:10]} (fetch: {result['fetch']})")
     for t in result["tests"]:
         d = t["detection"]
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items()))
-        line = f"  {t['test']}: {t['runs']} runs ({outcomes}); {d['verdict']}"
+        line = f"  {t['test']}: {t['runs']} runs ({fmt_outcomes(t['outcomes'])}); {d['verdict']}"
         if d["verdict"] != "none":
             line += f" P={d['probability']:.4f} after {d['before'][:10]}"
         line += f"; {t['action']}"
@@ -106,6 +106,10 @@ def serve(ctx, db, repo, executor, command_, seed, verbose):
     open_history(cfg).close()  # no clone, no service: say so now, not at 02:30
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # -v is for flakebot's own steps: the libraries' debug chatter (tzlocal, GitPython's
+    # every git call, urllib3's connections) stays at warnings either way.
+    for noisy in ("tzlocal", "git", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
     sys.exit(Service(cfg).serve())
@@ -118,19 +122,16 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
     from flakebot.analysis.posterior import posterior
     from flakebot.campaign import BisectCampaign
     from flakebot.nightly import events
-    from flakebot.service import InstanceLock, ServiceLocked, lock_path, next_fire_times, nightly_trigger, \
+    from flakebot.service import InstanceLock, lock_path, next_fire_times, nightly_trigger, \
         DRIVER_SECONDS
-    from flakebot.wiring import open_history, open_store
+    from flakebot.wiring import open_existing_store, open_history
 
     now = now or datetime.now(timezone.utc)
     history = open_history(cfg, required=False)
     out: dict = {"database": str(cfg.db_path()), "campaigns": [], "nightly": [], "events": []}
-    try:
-        with InstanceLock(lock_path(cfg)):
-            out["service"] = "not running"
-    except ServiceLocked:
-        out["service"] = "running"
-    with open_store(cfg) as store:
+    store = open_existing_store(cfg)
+    out["service"] = "running" if InstanceLock.is_held(lock_path(cfg)) else "not running"
+    with store:
         for row in store.open_campaigns():
             item = {"id": row["id"], "kind": row["kind"], "test": row["test"], "good": row["good"],
                     "bad": row["bad"], "created_at": row["created_at"]}
@@ -165,6 +166,7 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
                                    "runs": len(runs), "outcomes": outcomes,
                                    "last_event": _event_brief(ev[-1]) if ev else None})
         out["events"] = [_event_brief(e) for e in events(store)[-10:]]
+        out["finished"] = finished_campaigns(store)
     n = cfg.nightly
     out["schedule"] = {"cron": n.cron, "timezone": n.timezone,
                        "nightly": [t.isoformat() for t in next_fire_times(nightly_trigger(cfg), 3, now)],
@@ -172,6 +174,22 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
                        "review_poll_every_min": cfg.commands.poll_minutes}
     if history is not None:
         history.close()
+    return out
+
+
+def finished_campaigns(store, limit: int = 5) -> list[dict]:
+    """The newest finished campaigns with their verdicts (what happened lately)."""
+    out = []
+    for row in store.campaigns():
+        if row["status"] == "open":
+            continue
+        c = store.get_commit(row["culprit"]) if row.get("culprit") else None
+        out.append({"id": row["id"], "kind": row["kind"], "test": row["test"], "good": row["good"],
+                    "bad": row["bad"], "status": row["status"], "verdict": row["verdict"],
+                    "culprit": row.get("culprit"), "subject": c.subject if c else "",
+                    "confidence": row.get("confidence"), "at": row.get("updated_at")})
+        if len(out) == limit:
+            break
     return out
 
 
@@ -202,16 +220,34 @@ def status(ctx, db, repo, as_json):
             line += (f" ({c['commits']} commits): {c['runs']} runs, {c['pending']} pending; top "
                      f"{c['top']['commit'][:10]} p={c['top']['probability']:.3f} {c['top']['subject']}")
         click.echo(line)
+    _print_finished(data["finished"])
     click.echo("last nightly:" if data["nightly"] else "last nightly: none yet")
     for t in data["nightly"]:
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items()))
+        click.echo(f"  {t['test']} at {t['commit'][:10]} ({t['at']}): {t['runs']} runs "
+                   f"({fmt_outcomes(t['outcomes'])})")
         ev = t["last_event"]
-        note = f"; last {ev['kind']} {ev['at']}" if ev else ""
-        click.echo(f"  {t['test']} at {t['commit'][:10]} ({t['at']}): {t['runs']} runs ({outcomes}){note}")
+        if ev:
+            click.echo(f"    last {_EVENT_WORDS.get(ev['kind'], ev['kind'])} {ev['at']}: between "
+                       f"{ev['before'][:10]} and {ev['after'][:10]} (P={ev['probability']:.3f})"
+                       + (f", campaign {ev['campaign_id']}" if ev["campaign_id"] else ""))
     s = data["schedule"]
     click.echo(f"next nightly runs ({s['cron']} {s['timezone']}): {', '.join(s['nightly'])}")
     click.echo(f"campaign driver every {s['campaign_driver_every_s']:g} s; review poller every "
                f"{s['review_poll_every_min']} min")
+
+
+_EVENT_WORDS = {"rise": "rise", "fall": "fall (appears fixed)"}
+
+
+def _print_finished(rows: list[dict]) -> None:
+    click.echo("finished campaigns:" if rows else "finished campaigns: none")
+    for c in rows:
+        line = f"  {c['id']} {c['kind']} {c['test']} {c['good'][:10]}..{c['bad'][:10]}: {c['verdict'] or c['status']}"
+        if c["culprit"]:
+            line += f" {c['culprit'][:10]} {c['subject']}"
+        if c["confidence"] is not None:
+            line += f" (confidence {c['confidence']:.3f})"
+        click.echo(line)
 
 
 COMMANDS = (nightly, serve, status)

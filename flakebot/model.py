@@ -35,6 +35,25 @@ class Outcome(str, enum.Enum):
         return self is not Outcome.INFRA
 
 
+# One fixed order everywhere (tables, text, charts, JSON key order).
+OUTCOME_ORDER: tuple[str, ...] = tuple(o.value for o in Outcome)
+# One word per idea for people: the stored value `slow` reads "near miss" in every
+# table, text, comment and report (the JSON keeps the stored values).
+OUTCOME_LABEL: dict[str, str] = {"pass": "pass", "slow": "near miss", "timeout": "timeout", "fail": "fail",
+                                 "infra": "infra"}
+
+
+def fmt_outcomes(counts: dict[str, int]) -> str:
+    """Counts by outcome for a line of text, in the fixed order, zeros left out.
+
+        >>> fmt_outcomes({"timeout": 1, "pass": 30, "slow": 2, "fail": 0})
+        'pass 30, near miss 2, timeout 1'
+    """
+    known = [o for o in OUTCOME_ORDER if counts.get(o)]
+    other = sorted(k for k, v in counts.items() if v and k not in OUTCOME_LABEL)
+    return ", ".join(f"{OUTCOME_LABEL.get(o, o)} {counts[o]}" for o in known + other) or "no runs"
+
+
 @dataclass(frozen=True)
 class Shutdown:
     """One `vm_shutdown_all` call."""

@@ -436,9 +436,7 @@ def _build_verify(r: dict) -> list[Block]:
     doc: list[Block] = [Heading((T("flakebot verify: "), C(test), T(" on "), C(patch),
                                  T(" vs its parent "), C(parent)))]
     doc.append(Para((B("Verdict:"), T(" " + verify_summary(r.get("p_lower"), r.get("p_raise"))))))
-    doc.append(Para((T(f"Probability that the patch lowers the failure rate: {pct(r.get('p_lower'))}; "
-                       f"raises it: {pct(r.get('p_raise'))}. "
-                       f"{r.get('iterations', '?')} iterations on each side."),)))
+    doc.append(Para((T(f"{r.get('iterations', '?')} iterations on each side."),)))
     interval = r.get("interval")
     tbl = _rates_table(r.get("parent_rates"), r.get("patch_rates"), f"parent ({parent})",
                        f"patch ({patch})", interval, _limit_of(r))

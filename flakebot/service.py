@@ -106,6 +106,21 @@ class InstanceLock:
         self._fd = fd
         return self
 
+    @staticmethod
+    def is_held(path: Path) -> bool:
+        """Whether a live process holds the lock at `path`; creates and writes nothing."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # also drops our shared lock
+        return False
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

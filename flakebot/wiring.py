@@ -5,6 +5,7 @@ Kept apart from the CLI so the service and tests assemble things the same way.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Optional
 
 from flakebot.cliutil import InputError
@@ -21,6 +22,14 @@ FULL_SHA = re.compile(r"[0-9a-f]{40}")
 
 def open_store(cfg: Config) -> Store:
     return Store(cfg.store.db or default_db_path())
+
+
+def open_existing_store(cfg: Config) -> Store:
+    """For read-only commands: never create a database (or its directory) that is not there."""
+    path = Path(cfg.store.db) if cfg.store.db else default_db_path()
+    if not path.is_file():
+        raise InputError(f"no database at {path} (run some tests first, or pass --db)")
+    return Store(path)
 
 
 def open_history(cfg: Config, required: bool = True) -> Optional[History]:
@@ -82,5 +91,5 @@ def poll_seconds(cfg: Config) -> float:
     return {"sim": 0.0, "local": 2.0}.get(cfg.executor.name, cfg.jenkins.poll_seconds)
 
 
-__all__ = ["InputError", "HistoryError", "open_store", "open_history", "check_tests", "resolve_commit",
+__all__ = ["InputError", "HistoryError", "open_store", "open_existing_store", "open_history", "check_tests", "resolve_commit",
            "build_executor", "poll_seconds"]

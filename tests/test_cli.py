@@ -95,7 +95,7 @@ def _one_line_error(r):
     (["--good", "TIP"], "empty"),
     (["--max-runs", "-1"], "must not be negative"),
     (["--max-host-hours", "-2"], "must not be negative"),
-    (["--confidence", "1.5"], "bisect.confidence"),
+    (["--confidence", "1.5"], "--confidence must"),
 ])
 def test_bisect_bad_input(tmp_path, demo, args, expect):
     db = tmp_path / "f.db"

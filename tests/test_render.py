@@ -100,7 +100,7 @@ def out(result, fmt):
     (bisect_result(verdict="inconclusive", culprit=None, culprit_info=None, confidence=0.55),
      ["inconclusive", "55%", "Next candidates", "eeeeeeeeee", "2%", "other change"]),
     (verify_result(), ["verify", "cc1a07f73a", "dddddddddd", "lowers the failure rate",
-                       "99.8%", "0.1%", "0/50: 0%", "8/50: 16%", "50 iterations"]),
+                       "99.8%", "0/50: 0%", "8/50: 16%", "50 iterations"]),
     (verify_result(p_lower=0.02, p_raise=0.97), ["raises the failure rate", "97%"]),
     (verify_result(p_lower=0.6, p_raise=0.3), ["No clear difference", "60%", "30%"]),
 ])

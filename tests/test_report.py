@@ -354,7 +354,7 @@ def test_terminal_output(store, campaign):
     text = terminal(collect(store))
     assert "runs by commit (history order)" in text
     assert "worst vm_shutdown_all wait per run (s) against the 90 s limit" in text
-    assert f"{shas[4][:10]} ◀ culprit" in text
+    assert f"{shas[4][:10]} ◀" in text and "◀ culprit" in text  # the mark and its caption
     positions = [text.index(s[:10]) for s in (shas[0], shas[2], shas[3], shas[4], shas[5], shas[7])]
     assert positions == sorted(positions)
     assert "91.5" in text and "87.8" in text  # max, and the median of 84.0 and 91.5 waits
@@ -413,7 +413,7 @@ def test_cli_tables_and_html(store, campaign, tmp_path):
     cid, shas = campaign
     r = invoke("--db", store.path)
     assert r.exit_code == 0, r.output
-    assert f"{shas[4][:10]} ◀ culprit" in r.stdout and "campaigns" in r.stdout
+    assert f"{shas[4][:10]} ◀" in r.stdout and "◀ culprit" in r.stdout and "campaigns" in r.stdout
     r = invoke("--db", store.path, "--campaign", cid, "--html", tmp_path / "c.html")
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == str((tmp_path / "c.html").resolve())

@@ -88,6 +88,7 @@ document.body.setAttribute('data-probe', JSON.stringify({
             shapes: s.querySelectorAll('path, use, rect, line, polyline').length}; }),
   labels: texts.map(t => ({text: t.textContent.trim(), width: t.getComputedTextLength()})),
   scrollWidth: document.documentElement.scrollWidth,
+  timeline: [...document.querySelectorAll('tr[class^="event-"]')].map(r => r.innerText),
 }));
 </script>"""
 
@@ -131,6 +132,22 @@ def test_report_renders_in_chromium(demo_reports, tmp_path, which):
     assert labels.get("vm_shutdown_all wait (s)", 0) > 50
     assert any(t.startswith("culprit ") for t in labels)
     assert data["scrollWidth"] <= WINDOW[0]  # no sideways scrolling on a laptop screen
+
+
+def test_index_shows_rise_culprit_and_fall_with_commits(demo_reports, tmp_path):
+    folder, campaign_page, result = demo_reports
+    data, _ = probe(tmp_path, folder / "index.html")
+    rises = [r for r in data["timeline"] if "rise" in r]
+    falls = [r for r in data["timeline"] if "appears fixed" in r]
+    assert len(rises) == 1 and len(falls) == 1, data["timeline"]
+    ev = {e["kind"]: e for e in result["events"]}
+    for row, e in ((rises[0], ev["rise"]), (falls[0], ev["fall"])):
+        assert e["before_sha"][:10] in row and e["after_sha"][:10] in row, row
+    assert f"culprit {result['true_culprit'][:10]}" in rises[0]
+    # The campaign chart labels commits by short sha (the culprit among them), not by position.
+    data, _ = probe(tmp_path, campaign_page)
+    labels = {t["text"] for t in data["labels"]}
+    assert result["true_culprit"][:10] in labels and result["bisect"]["culprit"][:10] in labels
 
 
 def test_screenshot(demo_reports, tmp_path):

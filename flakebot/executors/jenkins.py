@@ -33,6 +33,7 @@ import codecs
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, TypeVar
@@ -668,7 +669,30 @@ def _version(server: _Jenkins) -> str:
 
 
 def _short(e: Exception) -> str:
+    """What went wrong in words a person can act on, never a library's repr."""
     if isinstance(e, _HTTPStatusError):
         return f"HTTP {e.status} at {e.url}"
+    if isinstance(e, (requests.Timeout, jenkins.TimeoutException)):
+        return "no answer within the HTTP timeout (check that Jenkins is up and jenkins.url)"
+    if isinstance(e, requests.ConnectionError):
+        return f"cannot connect: {_root_reason(e)} (check that Jenkins is up and jenkins.url)"
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return f"{type(e).__name__}: {text[:160]}"
+
+
+def _root_reason(e: BaseException) -> str:
+    """The innermost OS-level reason in an exception chain (urllib3 wraps it
+    three deep): 'connection refused', 'name or service not known', ..."""
+    seen: set[int] = set()
+    todo: list[Any] = [e]
+    while todo:
+        x = todo.pop(0)
+        if not isinstance(x, BaseException) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, socket.gaierror):
+            return f"cannot resolve the host name ({x.strerror or x})".lower()
+        if isinstance(x, OSError) and x.errno:
+            return (x.strerror or os.strerror(x.errno)).lower()
+        todo += [*x.args, getattr(x, "reason", None), x.__cause__, x.__context__]
+    return type(e).__name__

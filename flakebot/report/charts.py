@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from flakebot.model import OUTCOME_LABEL, OUTCOME_ORDER
 from flakebot.report.data import CampaignData, TestData
 
 WIDTH_IN = 12.0
@@ -196,11 +197,12 @@ def campaign_chart(cd: CampaignData) -> Optional[str]:
     ax.set_title(f"campaign {cd.summary.id}: posterior over the range and where runs were spent",
                  loc="left", fontsize=11)
     bottom = np.zeros(n)
-    for o in ("pass", "slow", "timeout", "fail", "infra"):
+    for o in OUTCOME_ORDER:
         v = np.array([r[o] for r in cd.runs_at], dtype=float)
         if v.any():
             nz = v > 0  # only positions with runs: a bar per commit is slow for long ranges
-            bx.bar(x[nz], v[nz], bottom=bottom[nz], width=1.0, color=OUTCOME_COLOURS[o], lw=0, label=o)
+            bx.bar(x[nz], v[nz], bottom=bottom[nz], width=1.0, color=OUTCOME_COLOURS[o], lw=0,
+                   label=OUTCOME_LABEL[o])
             bottom += v
     prior = np.array(cd.prior_runs_at, dtype=float)
     if prior.any():
@@ -217,6 +219,12 @@ def campaign_chart(cd: CampaignData) -> Optional[str]:
         a.set_xlim(-0.8, n - 0.2)
         if cpos is not None:
             a.axvline(cpos - 0.5, color=CULPRIT_COLOUR, lw=1.0, ls=(0, (5, 3)), zorder=1)
-    bx.set_xlabel(f"position in the first-parent range (0 = good end {cd.shas[0][:10]}, "
-                  f"{n - 1} = bad end {cd.shas[-1][:10]})")
+    # Commits by short sha (ranges are long: at most ~40 labels, always both ends and the culprit).
+    step = max(1, int(np.ceil(n / 40)))
+    ticks = sorted(set(range(0, n, step)) | {0, n - 1} | ({cpos} if cpos is not None else set()))
+    bx.set_xticks(ticks)
+    bx.set_xticklabels([cd.shas[i][:10] for i in ticks], rotation=60, ha="right", rotation_mode="anchor",
+                       fontsize=8 if len(ticks) > 15 else 9, family="monospace")
+    bx.set_xlabel(f"commit, in first-parent order from the good end {cd.shas[0][:10]} (left) to the bad end "
+                  f"{cd.shas[-1][:10]} (right)")
     return svg(fig, f"campaign-{cd.summary.id}", f"campaign {cd.summary.id}: posterior and runs per commit")

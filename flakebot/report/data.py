@@ -32,6 +32,7 @@ commits no other host ran cannot be compared and are left out of the test
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,10 +43,10 @@ import numpy as np
 from flakebot.analysis.classes import GROUP_BAD, GROUP_NEAR, Bins, classify
 from flakebot.analysis.rates import Rate, beta_rate
 from flakebot.campaign import wait_stats
-from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, KNOWN_TESTS
+from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, KNOWN_TESTS, OUTCOME_ORDER
 from flakebot.store import Store, StoreError
 
-OUTCOMES = ("pass", "slow", "timeout", "fail", "infra")
+OUTCOMES = OUTCOME_ORDER
 INTERVAL = 0.9  # credible interval level used everywhere in the report
 HOST_ALPHA = 0.05  # family-wise level of the host flags (Bonferroni)
 
@@ -129,6 +130,15 @@ class HostStats:
     def flagged(self) -> bool:
         return bool(self.flags)
 
+    @property
+    def timeout_rate(self) -> Rate:
+        return beta_rate(self.timeouts, self.evidence, INTERVAL)
+
+    @property
+    def fail_rate(self) -> Rate:
+        """Failures other than timeouts (the culprit box splits them too)."""
+        return beta_rate(self.failures - self.timeouts, self.evidence, INTERVAL)
+
 
 @dataclass
 class TestData:
@@ -199,6 +209,23 @@ class ReportData:
     test_filter: Optional[str]
     since: Optional[str]
     db_path: str
+    events: list["Event"] = field(default_factory=list)  # nightly rises and falls, oldest first
+
+
+@dataclass(frozen=True)
+class Event:
+    """A rise or fall the nightly detector recorded: the rate changed between
+    `before` (the last night's tip at the old rate) and `after`."""
+
+    kind: str  # "rise" | "fall"
+    test: str
+    before: str
+    after: str
+    probability: float
+    campaign_id: Optional[int]
+    at: str
+    culprit: Optional[str] = None  # the campaign's verdict, when it named one
+    culprit_subject: str = ""
 
 
 # ------------------------------------------------------------------ helpers
@@ -530,4 +557,24 @@ def collect(store: Store, *, test: Optional[str] = None, since: Optional[str] = 
                                slow_threshold_s=slow_threshold_s if slow_threshold_s is not None
                                else DEFAULT_SLOW_THRESHOLD_S,
                                positions=positions, culprits=culprits, edges=edges))
-    return ReportData(now or "", tests, summaries, camp, test, since, str(store.path))
+    return ReportData(now or "", tests, summaries, camp, test, since, str(store.path),
+                      events=nightly_events(store, test, since_dt))
+
+
+def nightly_events(store: Store, test: Optional[str], since_dt: Optional[datetime]) -> list[Event]:
+    """The recorded rises and falls with the culprit (or fix) their campaign named."""
+    out = []
+    for e in store.events(test):
+        if since_dt is not None and (_when(e["created_at"]) or since_dt) < since_dt:
+            continue
+        culprit, subject = None, ""
+        if e.get("campaign_id"):
+            with contextlib.suppress(StoreError):
+                row = store.get_campaign(e["campaign_id"])
+                if row.get("verdict") == "culprit" and row.get("culprit"):
+                    culprit = row["culprit"]
+                    c = store.get_commit(culprit)
+                    subject = c.subject if c else ""
+        out.append(Event(e["kind"], e["test"], e["before_sha"], e["after_sha"], float(e["probability"]),
+                         e.get("campaign_id"), e.get("created_at") or "", culprit, subject))
+    return out

@@ -18,8 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+from flakebot.model import OUTCOME_LABEL
 from flakebot.report import charts
-from flakebot.report.data import OUTCOMES, CampaignData, CampaignSummary, ReportData, TestData, collect
+from flakebot.report.data import (OUTCOMES, CampaignData, CampaignSummary, Event, ReportData, TestData,
+                                  collect)
 
 CSS = """
 :root { color-scheme: light; }
@@ -82,7 +84,13 @@ def _wait(v: Optional[float], limit: float, slow: float) -> str:
 
 
 def _rate(r) -> str:
-    return f"{r.k}/{r.n} &nbsp;{r.mean:.2f} <span class=\"note\">[{r.lo:.2f}, {r.hi:.2f}]</span>"
+    return _est(r.k, r.n, r.mean, r.lo, r.hi, 2)
+
+
+def _est(k: int, n: int, mean: float, lo: float, hi: float, digits: int = 3) -> str:
+    """'0/24, est. 0.020 [0.000, 0.076]': the count first, so an estimate is never read as an observation."""
+    return (f"{k}/{n}<br><span class=\"note\">est. {mean:.{digits}f} "
+            f"[{lo:.{digits}f}, {hi:.{digits}f}]</span>")
 
 
 def _link(url: Optional[str], text: str) -> str:
@@ -95,7 +103,7 @@ def _link(url: Optional[str], text: str) -> str:
 # ------------------------------------------------------------------ sections
 
 
-def _verdict(cd: CampaignData) -> str:
+def _verdict(cd: CampaignData, db_path: str) -> str:
     s, r = cd.summary, cd.result or {}
     kind = s.verdict or s.status
     if s.verdict == "culprit":
@@ -122,23 +130,25 @@ def _verdict(cd: CampaignData) -> str:
         rows = []
         for side in ("before", "after"):
             x = rates[side]
-            cells = "".join(
-                f"<td>{x[k]['k']}/{x[k]['n']} &nbsp;{x[k]['rate']:.3f} "
-                f"<span class=\"note\">[{x[k]['lo']:.3f}, {x[k]['hi']:.3f}]</span></td>"
-                for k in ("timeout", "near_miss", "fail"))
+            cells = "".join(f"<td>{_est(x[k]['k'], x[k]['n'], x[k]['rate'], x[k]['lo'], x[k]['hi'])}</td>"
+                            for k in ("timeout", "near_miss", "fail"))
             rows.append(f'<tr><td class="l">{side} the culprit</td><td>{x["runs"]}</td>{cells}</tr>')
         table = ("<table><tr><th class=l>side</th><th>runs</th><th>timeouts</th><th>near misses</th>"
                  "<th>other failures</th></tr>" + "".join(rows) + "</table>"
                  f'<div class="note">Rates pooled over each side of the culprit: Beta posterior mean and '
                  f'{rates.get("interval", 0.9):.0%} interval.</div>')
-    cmd = f'<div class="note">reproduce: <code>{_e(r["command"])}</code></div>' if r.get("command") else ""
+    cmd = ""
+    if r.get("command"):
+        line = f"{r['command']} --repo SPDK_CLONE --db {os.path.abspath(db_path)}"
+        cmd = (f'<div class="note">reproduce: <code>{_e(line)}</code> (SPDK_CLONE: any clone of SPDK with '
+               "these commits; the database holds every run)</div>")
     return f'<div class="verdict {_e(kind)}">{head}{body}{table}{cmd}</div>'
 
 
 def _commit_table(td: TestData, culprits: set[str]) -> str:
     pos = any(c.position is not None for c in td.commits)
     head = ("<tr><th>#</th>" + ("<th>pos</th>" if pos else "") + "<th class=l>commit</th><th class=l>subject</th>"
-            "<th>runs</th>" + "".join(f"<th>{o}</th>" for o in OUTCOMES)
+            "<th>runs</th>" + "".join(f"<th>{OUTCOME_LABEL[o]}</th>" for o in OUTCOMES)
             + "<th>p50</th><th>p95</th><th>max</th><th>limit</th><th class=l>builds</th></tr>")
     rows = []
     for c in td.commits:
@@ -164,7 +174,7 @@ def _commit_table(td: TestData, culprits: set[str]) -> str:
 def _host_table(td: TestData) -> str:
     if not td.hosts:
         return ""
-    head = ("<tr><th class=l>host</th><th>runs</th><th>failures (timeout+fail)</th><th>near misses</th>"
+    head = ("<tr><th class=l>host</th><th>runs</th><th>timeouts</th><th>other failures</th><th>near misses</th>"
             "<th>infra</th><th>comparable runs</th><th class=l>vs the other hosts at the same commits</th></tr>")
     rows = []
     for h in td.hosts:
@@ -176,12 +186,13 @@ def _host_table(td: TestData) -> str:
             verdict = f'<span class="note">{_e(verdict)}</span>'
         else:
             verdict = '<span class="note">no commit run by this host and another</span>'
-        rows.append(f'<tr><td class="l">{_e(h.host)}</td><td>{h.runs}</td><td>{_rate(h.failure_rate)}</td>'
-                    f"<td>{_rate(h.near_miss_rate)}</td><td>{_rate(h.infra_rate)}</td><td>{h.comparable}</td>"
+        rows.append(f'<tr><td class="l">{_e(h.host)}</td><td>{h.runs}</td><td>{_rate(h.timeout_rate)}</td>'
+                    f"<td>{_rate(h.fail_rate)}</td><td>{_rate(h.near_miss_rate)}</td><td>{_rate(h.infra_rate)}</td><td>{h.comparable}</td>"
                     f'<td class="l wrap">{verdict}</td></tr>')
     return ("<table>" + head + "".join(rows) + "</table>"
-            '<div class="note">Rates: k/n, Beta posterior mean (Jeffreys prior) and 90% interval; failures and near '
-            "misses per evidence run, infra per run. Each host is compared with the others <i>at the same "
+            '<div class="note">Rates: k/n, then the Beta posterior estimate (Jeffreys prior) and 90% interval; '
+            "timeouts, other failures and near misses per evidence run, infra per run. The test flags a host on "
+            "failures (timeouts and other failures together), near misses and infra. Each host is compared with the others <i>at the same "
             "commits</i> (exact conditional test stratified by commit: hypergeometric per commit, convolved; "
             "two-sided) and flagged ⚑ when p &lt; 0.05 / (hosts × 3), Bonferroni over hosts and the three "
             "kinds. Runs at commits no other host ran are not comparable.</div>")
@@ -204,6 +215,29 @@ def _campaign_table(rows: list[CampaignSummary], href: Optional[Callable[[int], 
     return ("<table><tr><th>id</th><th class=l>kind</th><th class=l>test</th><th class=l>range</th>"
             "<th class=l>status</th><th class=l>verdict</th><th class=l>culprit</th><th>confidence</th><th>runs</th>"
             "<th>builds</th><th>host-hours</th><th class=l>started (UTC)</th></tr>" + "".join(out) + "</table>")
+
+
+def _timeline(events: list[Event], href: Optional[Callable[[int], Optional[str]]]) -> str:
+    """What the nightly detector saw: each rise (and the culprit its bisection named) and
+    each fall ("appears fixed"), with the commits between which the rate changed."""
+    rows = []
+    for e in events:
+        link = href(e.campaign_id) if href and e.campaign_id else None
+        camp = (f'<a href="{_e(link)}">campaign {e.campaign_id}</a>' if link else
+                f"campaign {e.campaign_id}" if e.campaign_id else "-")
+        what = ('<b class="o-timeout">rise</b>' if e.kind == "rise" else
+                '<b class="o-pass">fall: appears fixed</b>' if e.kind == "fall" else _e(e.kind))
+        found = f"culprit {_sha(e.culprit)} {_e(e.culprit_subject)}" if e.culprit else ""
+        rows.append(f'<tr class="event-{_e(e.kind)}"><td class=l>{_e(e.at[:16].replace("T", " "))}</td>'
+                    f"<td class=l>{what}</td><td class=l><code>{_e(e.test)}</code></td>"
+                    f"<td class=l>{_sha(e.before)}..{_sha(e.after)}</td><td>{e.probability:.3f}</td>"
+                    f"<td class=l>{camp}</td><td class='l wrap'>{found}</td></tr>")
+    return ("<table><tr><th class=l>when (UTC)</th><th class=l>what</th><th class=l>test</th>"
+            "<th class=l>rate changed between</th><th>P</th><th class=l>campaign</th><th class=l>found</th></tr>"
+            + "".join(rows) + "</table>"
+            '<div class="note">The nightly runs at the branch tip: a rise means the failure rate went up between '
+            "the two tips shown (a bisection then looks for the culprit in that range); a fall means it went "
+            "back down there (the fixing commit is in that range).</div>")
 
 
 def _test_section(td: TestData, culprits: set[str], heading: bool, after_waits: str = "") -> str:
@@ -248,7 +282,7 @@ def render(data: ReportData, *, campaign_href: Optional[Callable[[int], Optional
             f"<code>{_e(os.path.basename(data.db_path))}</code>.</p>"]
     campaign_part = ""
     if cd:
-        body.append(_verdict(cd))
+        body.append(_verdict(cd, data.db_path))
         chart = charts.campaign_chart(cd)
         if chart:
             campaign_part = (
@@ -265,9 +299,11 @@ def render(data: ReportData, *, campaign_href: Optional[Callable[[int], Optional
     for td in data.tests:
         body.append(_test_section(td, culprits, heading=True,
                                   after_waits=campaign_part if cd and td.test == cd.summary.test else ""))
+    if data.events and not cd:
+        body.insert(2, "<h2>Timeline</h2>" + _timeline(data.events, campaign_href))
     body.append("<h2>Campaigns</h2>" + _campaign_table(data.campaigns, campaign_href))
-    body.append('<p class="note">Outcomes: <b>pass</b>; <b>slow</b> = passed but a shutdown waited at least the slow '
-                "threshold (a near miss); <b>timeout</b> = a shutdown passed its limit; <b>fail</b> = another failure; "
+    body.append('<p class="note">Outcomes: <b>pass</b>; <b>near miss</b> = passed, but a shutdown waited at least '
+                "the slow threshold; <b>timeout</b> = a shutdown passed its limit; <b>fail</b> = another failure; "
                 "<b>infra</b> = no usable result (never counted as evidence). Rates by commit: Beta posterior "
                 "(Jeffreys prior, Beta(½, ½)) mean and 90% equal-tailed interval over evidence runs; per-commit "
                 "rates from a bisection are noisy by design (runs go where they are informative).</p>")
