@@ -50,7 +50,7 @@ built for further requests. If builds are per host, pass the built set of the
 host being filled (or build_minutes=0 and add the cost in the loop).
 
 Untestable commits (keyword `untestable`: indices no host can test, skip.py)
-are never probed; they carry no evidence, so a run of them and the first
+are never probed; those without runs carry no evidence, so a run of them and the first
 testable commit after it form one block of hypotheses the data cannot split.
 The stop rule judges blocks: a block of one commit is the usual 'culprit'; a
 longer block reaching `confidence` is the verdict 'culprit-range' (`range` =
@@ -149,7 +149,10 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
     runs_at = x.sum(1)
     n = len(x) - 1
     skip = frozenset(int(j) for j in untestable)
-    bl = blocks(n, skip)
+    # A skipped commit that has runs (its hosts kept getting lost) is not
+    # probed again, but its evidence still splits the hypotheses.
+    empty = frozenset(j for j in skip if runs_at[j] == 0)
+    bl = blocks(n, empty)
     bp = block_probabilities(post.culprit, bl)
     order = np.argsort(-bp, kind="stable")
     top_blocks = [(bl[i][0], bl[i][1], float(bp[i])) for i in order[:settings.top_k]]
@@ -170,8 +173,8 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
     if post.p_no_change >= settings.confidence:
         return done("no-regression", None, post.p_no_change, f"P(no change) = {post.p_no_change:.3f}")
     forced: list[tuple[int, int]] = []
-    parent = testable_before(lo, skip)
-    if pblock >= settings.confidence and hi not in skip:
+    parent = testable_before(lo, empty)
+    if pblock >= settings.confidence and hi not in empty:
         short = [(j, settings.confirm_runs - int(runs_at[j])) for j in (hi, parent)
                  if j is not None and j not in skip and runs_at[j] < settings.confirm_runs]
         if not short:
@@ -185,7 +188,7 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
         forced = [(j, m - pend.get(j, 0)) for j, m in short if m - pend.get(j, 0) > 0]
     if spent:
         return done("inconclusive", top, ptop, f"{' and '.join(spent)} budget spent")
-    if n in skip:
+    if n in empty:
         return done("inconclusive", top, ptop, "the bad end cannot be tested here")
     # Learn the bad side early: with unknown rates and no data at the bad end,
     # passes anywhere are consistent with a small p1 (BISECTION.md).
