@@ -183,7 +183,8 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
                 return done("culprit", hi, pblock, f"P(c{hi}) = {pblock:.3f}, confirmed by runs at it and its parent",
                             rates=rates)
             return done("culprit-range", None, pblock,
-                        f"P(c{lo}..c{hi}) = {pblock:.3f}; c{lo}..c{hi - 1} cannot be tested here", rates=rates,
+                        f"P(c{lo}..c{hi}) = {pblock:.3f}; "
+                        f"{f'c{lo}' if hi - lo == 1 else f'c{lo}..c{hi - 1}'} cannot be tested here", rates=rates,
                         range=(lo, hi))
         forced = [(j, m - pend.get(j, 0)) for j, m in short if m - pend.get(j, 0) > 0]
     if spent:
