@@ -277,7 +277,8 @@ def print_bisect_result(r: dict) -> None:
     if r.get("untestable"):
         out.print(f"{len(r['untestable'])} commits cannot be tested here (skipped):")
         for u in r["untestable"][:20]:
-            out.print(f"  {u['commit'][:10]} {u['reason']} ({u['requests']} requests)", highlight=False)
+            n = u["requests"]
+            out.print(f"  {u['commit'][:10]} {u['reason']} ({n} request{'' if n == 1 else 's'})", highlight=False)
         if len(r["untestable"]) > 20:
             out.print(f"  ... and {len(r['untestable']) - 20} more (--json lists them all)")
     out.print(f"{r['runs']} runs ({r['infra_runs']} infra), {r['builds']} builds, "

@@ -118,22 +118,33 @@ class Scenario:
     """Which Behaviour each (test, commit) has. Build one with a constructor below."""
 
     def __init__(self, fn: Callable[[str, str], Behaviour],
-                 cannot: Optional[Callable[[str], Optional[CannotTest]]] = None):
+                 cannot: Optional[Callable[[str, str], Optional[CannotTest]]] = None):
         self._fn = fn
         self._cannot = cannot
 
     def behaviour(self, test: str, sha: str) -> Behaviour:
         return self._fn(test, sha)
 
-    def cannot_test(self, sha: str) -> Optional[CannotTest]:
-        """Why no host can test `sha` (None: every host can)."""
-        return self._cannot(sha) if self._cannot is not None else None
+    def cannot_test(self, sha: str, tests: Iterable[str] = (NVME_TEST,)) -> Optional[CannotTest]:
+        """Why no host can run `tests` at `sha` (None: every host can)."""
+        if self._cannot is None:
+            return None
+        for test in tests:
+            why = self._cannot(test, sha)
+            if why is not None:
+                return why
+        return None
 
     def with_untestable(self, untestable: dict[str, CannotTest]) -> "Scenario":
-        """The same behaviours, with these commits untestable on every host
-        (see `untestable_commits`)."""
+        """The same behaviours, with these commits untestable on every host,
+        whatever the test (see `untestable_commits`)."""
         table = dict(untestable)
-        return Scenario(self._fn, table.get)
+        before = self._cannot
+
+        def cannot(test: str, sha: str) -> Optional[CannotTest]:
+            return table.get(sha) or (before(test, sha) if before is not None else None)
+
+        return Scenario(self._fn, cannot)
 
     @classmethod
     def constant(cls, behaviour: Behaviour = HEALTHY) -> "Scenario":
@@ -189,11 +200,13 @@ class Scenario:
         The nvme test is healthy at a commit whose vfio_user_restart_vm.sh removes the
         namespace (`nvmf_subsystem_remove_ns`) before the listener
         (`nvmf_subsystem_remove_listener`), or never removes the listener; otherwise it
-        is `prone`. A commit without the script cannot run the test: p_fail=1.
-        The virtio tests are `healthy` at every commit. `show_file(sha, path)` returns
-        the file's text or None."""
+        is `prone`. A commit without the script cannot run the test: the host
+        says so (`cannot_test`, as the host script's `flakebot: infra:` line);
+        asked anyway, its behaviour is p_fail=1. The virtio tests are `healthy`
+        at every commit. `show_file(sha, path)` returns the file's text or None."""
         cache: dict[str, Behaviour] = {}
         missing = Behaviour(0.0, 0.0, p_fail=1.0)
+        no_script = CannotTest(f"no {NVME_SCRIPT} at this commit")
 
         def fn(test: str, sha: str) -> Behaviour:
             if test != NVME_TEST:
@@ -206,7 +219,10 @@ class Scenario:
                     cache[sha] = healthy if nvme_script_is_healthy(text) else prone
             return cache[sha]
 
-        return cls(fn)
+        def cannot(test: str, sha: str) -> Optional[CannotTest]:
+            return no_script if fn(test, sha) is missing else None
+
+        return cls(fn, cannot)
 
     @classmethod
     def from_repo(cls, path: str, **kw) -> "Scenario":

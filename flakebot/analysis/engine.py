@@ -56,7 +56,9 @@ The stop rule judges blocks: a block of one commit is the usual 'culprit'; a
 longer block reaching `confidence` is the verdict 'culprit-range' (`range` =
 (first, last) index; confirmation runs at its testable end and at the
 testable commit before it). An untestable bad end stops the search
-('inconclusive'): there is nothing to learn the risen rate from.
+('inconclusive'): there is nothing to learn the risen rate from. With an
+untestable good end, "culprit in the first block" and "no change" cannot be
+told apart; once they share `confidence` the search stops ('inconclusive').
 
 Stop rule: 'culprit' when one commit reaches `confidence` AND there are at least
 `confirm_runs` runs at it and at its parent (the engine requests the missing
@@ -187,6 +189,16 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
                         f"{f'c{lo}' if hi - lo == 1 else f'c{lo}..c{hi - 1}'} cannot be tested here", rates=rates,
                         range=(lo, hi))
         forced = [(j, m - pend.get(j, 0)) for j, m in short if m - pend.get(j, 0) > 0]
+    front_lo, front_hi = bl[0]
+    if 0 in skip and runs_at[0] == 0 and front_hi not in empty and not forced:
+        # The good end cannot be tested: "culprit in the first block" and "no
+        # change" both say every testable commit behaves alike, so no run can
+        # split them. Stop once together they reach the confidence.
+        p_front = float(bp[0]) + post.p_no_change
+        if p_front >= settings.confidence and runs_at[front_hi] >= settings.confirm_runs:
+            return done("inconclusive", top, ptop,
+                        f"c0..c{front_hi - 1} cannot be tested here and every testable commit behaves like "
+                        f"c{front_hi} (P = {p_front:.3f}): a change, if any, came at or before c{front_hi}")
     if spent:
         return done("inconclusive", top, ptop, f"{' and '.join(spent)} budget spent")
     if n in empty:

@@ -195,7 +195,7 @@ class SimExecutor:
         req = job.request
         built = self._built[job.host]
         job.needs_build = req.commit not in built
-        job.cannot = self.scenario.cannot_test(req.commit)
+        job.cannot = self.scenario.cannot_test(req.commit, req.tests)
         if job.cannot is not None:
             job.rc = 3
             job.host_minutes = self.build_minutes if job.cannot.build else CHECK_MINUTES

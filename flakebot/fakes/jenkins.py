@@ -115,7 +115,7 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
                 yield from _fallback_console(test, iterations, seed + i)
             return
         clock = sim.SimClock.seeded(seed, era)  # one clock: tests run one after another
-        why = scenario.cannot_test(commit) if hasattr(scenario, "cannot_test") else None
+        why = scenario.cannot_test(commit, tests) if hasattr(scenario, "cannot_test") else None
         if why is not None:  # the host script gives up on this commit and exits 3
             clock.elapsed = 0.0
             yield from sim.cannot_test_lines(commit, why, fmt="jenkins", era=era, clock=clock)

@@ -92,8 +92,15 @@ def campaign_lines(cd: CampaignData, console: Console) -> None:
     if s.verdict == "culprit":
         console.print(f"  [bold red]culprit[/] {s.culprit[:10]} {s.culprit_subject} "
                       f"(confidence {s.confidence:.3f})", highlight=False)
+    elif s.verdict == "culprit-range" and (cd.result or {}).get("culprit_range"):
+        rg = cd.result["culprit_range"]
+        console.print(f"  [bold red]culprit range[/] {rg['first'][:10]}..{rg['last'][:10]} "
+                      f"({len(rg['commits'])} commits, all but the last untestable; confidence {s.confidence:.3f})",
+                      highlight=False)
     elif s.verdict:
-        console.print(f"  verdict: {s.verdict} (confidence {s.confidence:.3f})", highlight=False)
+        reason = (cd.result or {}).get("reason")
+        console.print(f"  verdict: {s.verdict} (confidence {s.confidence:.3f})"
+                      + (f": {reason}" if reason and s.verdict == "inconclusive" else ""), highlight=False)
     else:
         console.print(f"  status: {s.status}", highlight=False)
     console.print(f"  {s.runs} runs, {s.builds} builds, {s.host_minutes / 60:.1f} host-hours", highlight=False)
@@ -104,6 +111,13 @@ def campaign_lines(cd: CampaignData, console: Console) -> None:
         for i, p in cd.top:
             t.add_row(str(i), cd.shas[i][:10], f"{p:.4f}", str(sum(cd.runs_at[i].values())), cd.subjects[i][:50])
         t.add_row("", "no change", f"{cd.p_no_change:.4f}", "", "")
+        console.print(t)
+    if cd.untestable:
+        t = Table(title=f"untestable commits, skipped ({len(cd.untestable)})", title_justify="left")
+        for c in ("pos", "commit", "why", "requests", "subject"):
+            t.add_column(c, justify="right" if c in ("pos", "requests") else "left")
+        for u in cd.untestable:
+            t.add_row(str(u["position"]), u["commit"][:10], u["reason"], str(u["requests"]), u["subject"][:40])
         console.print(t)
 
 
