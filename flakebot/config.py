@@ -519,7 +519,7 @@ class BisectConfig:
     max_runs: int = _k(2000, Int(1, 1_000_000), "Budget: most test runs one bisection may spend.")
     max_host_hours: float = _k(0.0, Num(0), "Budget: most host hours (builds plus runs) one bisection "
                                "may spend; 0 = no limit.")
-    max_builds: int = _k(500, Int(0, 1_000_000), "Budget: most builds (requests sent to hosts, failed ones "
+    max_builds: int = _k(1000, Int(0, 1_000_000), "Budget: most builds (requests sent to hosts, failed ones "
                          "included) one bisection may spend; 0 = no limit.")
     max_infra_per_commit: int = _k(3, Int(1, 1000), "A commit with no test result after this many requests "
                                    "that came back infra (lost host, cut log) is skipped as untestable; one "

@@ -65,3 +65,11 @@ def test_never_crashes_on_odd_range_fields(junk):
     out = render.render(r)
     assert out.markdown.endswith("\n") and out.gerrit.endswith("\n")
     assert GOOD[:10] in out.markdown or BAD[:10] in out.markdown or "flakebot" in out.markdown
+
+
+def test_a_culprit_range_is_posted_on_the_tracking_issue_only():
+    """No single change is to blame: nothing goes to a change or pull request."""
+    from flakebot.reporters.outbox import plan_result
+    items = plan_result(range_result(), tracking_issue=12)
+    assert [it.target for it in items] == ["github-issue:12"]
+    assert "culprit range found" in items[0].body
