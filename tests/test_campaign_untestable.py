@@ -129,3 +129,38 @@ def test_infra_runs_and_failed_builds_count_against_the_budgets(tmp_path, repo):
         assert r["verdict"] == "inconclusive" and "host-hour budget spent" in r["reason"]
         # The budget stopped new work once 60 min were spent; what was in flight finished.
         assert 60 <= r["host_minutes"] <= 60 + 4 * 10 + 4 * 8 * 2
+
+
+def test_the_skip_rule_host_by_host(tmp_path, repo):
+    """Which commits the campaign stops sending work to, from stored runs alone."""
+    from flakebot.dispatch import CANNOT_TEST
+    from flakebot.model import Outcome, Run, RunRequest
+
+    shas = repo[1]
+    with Store(tmp_path / "f.db") as store:
+        hist = History(repo[0])
+        cid, _ = open_bisect(store, TEST, hist.commit(shas[0]), hist.first_parent_range(shas[0], shas[-1]),
+                             BisectParams())
+        seq = iter(range(1000))
+
+        def stored(pos, host, outcome, reason=""):
+            rid = f"c{cid}-t{next(seq)}"
+            bid = store.record_submission(RunRequest(rid, shas[pos], (TEST,), 1), "sim", cid)
+            store.ingest_runs(bid, shas[pos], [Run(TEST, 1, Outcome(outcome), reason=reason)], host=host)
+
+        no_qemu = CANNOT_TEST + "no QEMU of the kind this commit needs"
+        stored(3, "h1", "infra", no_qemu)          # h1 cannot; h2 only got lost: try again
+        stored(3, "h2", "infra", "build lost")
+        stored(4, "h1", "infra", no_qemu)          # every host that tried said so
+        stored(4, "h2", "infra", no_qemu)
+        stored(5, "h1", "infra", no_qemu)          # h2 could test it
+        stored(5, "h2", "pass")
+        for _ in range(3):                         # three lost requests, nothing else
+            stored(6, "h1", "infra", "build lost")
+        stored(7, "h1", "pass")                    # tested once, then lost three times
+        for _ in range(3):
+            stored(7, "h2", "infra", "log cut off")
+        u = BisectCampaign(store, None, cid).untestable()
+        assert sorted(u) == [4, 6, 7]
+        assert u[4]["reasons"] == [("no QEMU of the kind this commit needs", 2)] and u[4]["hosts"] == ["h1", "h2"]
+        assert u[6]["requests"] == 3 and u[7]["evidence_runs"] == 1
