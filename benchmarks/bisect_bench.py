@@ -32,7 +32,13 @@ merge. In this pure benchmark that is only a position on the chain: the
 are merges of side branches (200 commits in all), the culprit drawn over all
 200 commits and mapped to its first-parent position.
 
+Untestable commits (a separate table, `untestable_section`): the same
+engine told which commits a host refused, 8 hosts as in the host-hours
+table; rows for 10% of commits scattered untestable and the oldest third
+untestable (an era boundary), with the culprit anywhere or at the boundary.
+
 Usage: .venv/bin/python benchmarks/bisect_bench.py [--trials 200] [--jobs 2]
+       [--untestable-trials N | --untestable-only]
 """
 from __future__ import annotations
 
@@ -258,7 +264,13 @@ def main(argv=None):
     ap.add_argument("--host-trials", type=int, default=None, help="trials for the 8-host table (default: trials/2)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", type=str, default=None, help="comma-separated scenario indices")
+    ap.add_argument("--untestable-trials", type=int, default=None,
+                    help="trials per untestable-commit row (default: trials/4; 0 = skip)")
+    ap.add_argument("--untestable-only", action="store_true", help="print only the untestable-commit table")
     args = ap.parse_args(argv)
+    if args.untestable_only:
+        print("\n".join(untestable_section(args.untestable_trials or max(1, args.trials // 4), args.jobs)))
+        return
     T = args.trials
     HT = args.host_trials if args.host_trials is not None else max(1, T // 2)
     idx = range(len(SCENARIOS)) if args.only is None else [int(x) for x in args.only.split(",")]
@@ -332,9 +344,127 @@ def main(argv=None):
         s = [r for p, r in snap if p >= c]
         out.append(f"| {c} | {len(f)} | {np.mean(f) if f else float('nan'):.3f} | {len(s)} | "
                    f"{np.mean(s) if s else float('nan'):.3f} |")
+    ut = args.untestable_trials if args.untestable_trials is not None else max(1, T // 4)
+    if ut:
+        out += untestable_section(ut, args.jobs)
     if ("error" in {k[0] for k in res}):
         out.append("\nErrors: " + "; ".join(str(v) for k, vs in res.items() if k[0] == "error" for v in vs))
     print("\n".join(out))
+
+
+# ---------------------------------------------------------------- untestable commits
+# Kept apart from the tables above: commits no host can test (git bisect skip).
+
+
+@dataclass(frozen=True)
+class UntestableCell:
+    name: str
+    base: Scenario
+    oldest: float = 0.0          # fraction of the range, from position 1 (or 0 with good_end)
+    scattered: float = 0.0       # fraction drawn among the rest (never the bad end)
+    build_fails: float = 0.0     # share of the untestable commits whose build fails (10 min) instead of a 0.5 min check
+    good_end: bool = False       # the good end cannot be tested either
+    culprit: str = "uniform"     # uniform (over the whole range) | boundary (first testable after the oldest stretch)
+
+
+UNTESTABLE_CELLS = [
+    UntestableCell("10% scattered (0.01, 0.2, 128)", Scenario("", binary(0.01), binary(0.2), 128, max_runs=1500),
+                   scattered=0.1, build_fails=0.5),
+    UntestableCell("oldest third (0.01, 0.2, 128)", Scenario("", binary(0.01), binary(0.2), 128, max_runs=1500),
+                   oldest=1 / 3),
+    UntestableCell("oldest third, culprit at the boundary", Scenario("", binary(0.01), binary(0.2), 128,
+                                                                     max_runs=1500), oldest=1 / 3, culprit="boundary"),
+    UntestableCell("oldest third + good end, culprit at the boundary", Scenario("", binary(0.01), binary(0.2), 128,
+                   max_runs=1500), oldest=1 / 3, good_end=True, culprit="boundary"),
+    UntestableCell("#3322 shape (128), 10% scattered", Scenario("", S3322_BEFORE, S3322_AFTER, 128), scattered=0.1),
+]
+
+
+def untestable_trial(cell: UntestableCell, seed: int, hosts=8, build=10.0, run=2.0, check=0.5):
+    """Event-driven like eight_hosts; a request at an untestable commit costs the
+    check (or the failed build), returns no runs and marks the commit, as the
+    campaign does after a host's "cannot test here". Returns (outcome, runs,
+    builds, wasted builds, host-hours, wall hours) with outcome one of
+    right | range (holds the culprit) | wrong-range | wrong | no-regression | inconclusive."""
+    sc = cell.base
+    rng = np.random.default_rng([seed, 4])
+    n = sc.n
+    cut = int(round(cell.oldest * n))
+    bad = set(range(0 if cell.good_end else 1, cut + 1)) if cut else set()
+    rest = [j for j in range(1, n) if j not in bad]
+    bad |= {int(j) for j in rng.choice(rest, int(round(cell.scattered * n)), replace=False)} if cell.scattered else set()
+    fails = {j for j in bad if rng.random() < cell.build_fails}
+    k = cut + 1 if cell.culprit == "boundary" else int(rng.integers(1, n + 1))
+    st = settings_for(sc, False, build_minutes=build, run_minutes=run, seed=seed)
+    counts = np.zeros((n + 1, 6), dtype=np.int64)
+    built: set[int] = set()
+    known: set[int] = set()
+    runs = builds = wasted = 0
+    host_min = now = 0.0
+    flight: list[tuple[float, int, int]] = []
+    free = hosts
+    while True:
+        s = step(counts, built, runs, host_min, [(j, m) for _, j, m in flight], free, st, rng=rng,
+                 untestable=known, builds_used=builds)
+        if s.verdict or (not s.requests and not flight):
+            break
+        for j, m in s.requests:
+            builds += 1
+            if j in bad:
+                cost = build if j in fails else check
+                wasted += 1
+            else:
+                cost = m * run + (0.0 if j in built else build)
+                built.add(j)
+            host_min += cost
+            flight.append((now + cost, j, m))
+            free -= 1
+        flight.sort()
+        t, j, m = flight.pop(0)
+        now = t
+        free += 1
+        if j in bad:
+            known.add(j)
+        else:
+            counts[j] += draw(sc, j, k, rng, m)
+            runs += m
+    if s.verdict == "culprit":
+        outcome = "right" if s.culprit == k else "wrong"
+    elif s.verdict == "culprit-range":
+        outcome = "range" if s.range[0] <= k <= s.range[1] else "wrong-range"
+    else:
+        outcome = s.verdict or "inconclusive"
+    return outcome, runs, builds, wasted, host_min / 60, now / 60
+
+
+def _untestable_task(args):
+    i, seed = args
+    return i, untestable_trial(UNTESTABLE_CELLS[i], seed)
+
+
+def untestable_section(trials: int, jobs: int) -> list[str]:
+    """The untestable-commit table (8 hosts, shared builds, cold start)."""
+    res: dict[int, list] = {}
+    with mp.Pool(jobs) as pool:
+        for i, r in pool.imap_unordered(_untestable_task, [(i, s) for i in range(len(UNTESTABLE_CELLS))
+                                                           for s in range(trials)], chunksize=2):
+            res.setdefault(i, []).append(r)
+    out = ["\n### Untestable commits: 8 hosts, build 10 min, run 2 min, check 0.5 min\n",
+           f"{trials} trials per row. A request at an untestable commit costs the host's check (0.5 min) or, "
+           "for a failed build, 10 min, and marks the commit untestable. right: the culprit named; range: a "
+           "culprit range holding it; wrong: another commit (or a range without it) named.\n",
+           "| scenario | right | range | wrong | no-regr. | inconcl. | runs mean | builds | of them untestable "
+           "| host-hours | wall h |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, cell in enumerate(UNTESTABLE_CELLS):
+        r = res[i]
+
+        def share(*what):
+            return f"{np.mean([x[0] in what for x in r]):.2f}"
+        out.append(f"| {cell.name} | {share('right')} | {share('range')} | {share('wrong', 'wrong-range')} "
+                   f"| {share('no-regression')} | {share('inconclusive')} | {np.mean([x[1] for x in r]):.0f} "
+                   f"| {np.mean([x[2] for x in r]):.0f} | {np.mean([x[3] for x in r]):.1f} "
+                   f"| {np.mean([x[4] for x in r]):.1f} | {np.mean([x[5] for x in r]):.1f} |")
+    return out
 
 
 if __name__ == "__main__":

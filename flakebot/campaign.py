@@ -21,7 +21,7 @@ from flakebot.analysis.engine import EngineSettings, Step, step
 from flakebot.analysis.posterior import path_weights, prior_from_evidence
 from flakebot.analysis.rates import beta_rate
 from flakebot.analysis.summary import wait_stats
-from flakebot.dispatch import Dispatcher
+from flakebot.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
 from flakebot.executors.base import Executor
 from flakebot.model import Commit, RunRequest, Verdict
 from flakebot.store import Store
@@ -72,6 +72,8 @@ class BisectParams(StoredParams):
     confidence: float = 0.95
     max_runs: Optional[int] = None
     max_host_hours: Optional[float] = None
+    max_builds: Optional[int] = None
+    max_infra_per_commit: int = 3
     build_minutes: float = 10.0
     run_minutes: float = 2.0
     history_cap: float = 50.0
@@ -85,6 +87,7 @@ class BisectParams(StoredParams):
         """What a campaign opened from this config gets (bisect, nightly, demo)."""
         b = cfg.bisect
         return cls(confidence=b.confidence, max_runs=b.max_runs, max_host_hours=b.max_host_hours,
+                   max_builds=b.max_builds or None, max_infra_per_commit=b.max_infra_per_commit,
                    build_minutes=cfg.executor.build_minutes, run_minutes=cfg.executor.run_minutes,
                    wait_bins_s=b.wait_bins_s, limit_s=cfg.tests.limit_s, slow_threshold_s=cfg.tests.slow_threshold_s,
                    history_cap=b.history_cap, confirm_runs=b.confirm_runs, path_weights=b.path_weights,
@@ -171,6 +174,41 @@ class BisectCampaign:
                 counts[self.index[r["commit_sha"]]][c] += 1
         return counts
 
+    def untestable(self) -> dict[int, dict]:
+        """Positions the search no longer sends work to, like `git bisect skip`:
+        a commit without a test result where every host that tried said
+        "cannot test here" (the host script's `flakebot: infra:` line, e.g. a
+        failed build), or any commit where `max_infra_per_commit` requests came
+        back with nothing but infra (lost hosts, cut logs; the evidence it has
+        still counts). Value: {"reasons": [(reason, runs)], "hosts": [...],
+        "requests": infra-only requests, "evidence_runs": n}."""
+        seen: dict[int, dict] = {}
+        for r in self.store.runs(test=self.test, campaign_id=self.cid):
+            pos = self.index.get(r["commit_sha"])
+            if pos is None:
+                continue
+            d = seen.setdefault(pos, {"evidence": 0, "good_builds": set(), "builds": set(), "hosts": set(),
+                                      "cannot": set(), "reasons": Counter()})
+            if r["outcome"] != "infra":
+                d["evidence"] += 1
+                d["good_builds"].add(r["build_id"])
+                continue
+            d["builds"].add(r["build_id"])
+            d["hosts"].add(r["host"])
+            reason = r["reason"] or "infra"
+            if is_cannot_test(reason):
+                d["cannot"].add(r["host"])
+                reason = reason[len(CANNOT_TEST):]
+            d["reasons"][reason] += 1
+        out = {}
+        for pos, d in sorted(seen.items()):
+            infra_only = d["builds"] - d["good_builds"]
+            refused = not d["evidence"] and d["cannot"] and d["cannot"] == d["hosts"]
+            if refused or len(infra_only) >= self.params.max_infra_per_commit:
+                out[pos] = {"reasons": d["reasons"].most_common(), "requests": len(infra_only),
+                            "hosts": sorted(h for h in d["hosts"] if h), "evidence_runs": d["evidence"]}
+        return out
+
     def settings(self) -> EngineSettings:
         p = self.params
         prior = self._prior_from_store()
@@ -180,7 +218,7 @@ class BisectCampaign:
             kw = {"suspect_prefixes": p.suspect_paths} if p.suspect_paths else {}
             weights = tuple(path_weights(paths, **kw))
         return EngineSettings(confidence=p.confidence, max_runs=p.max_runs,
-                              max_host_hours=p.max_host_hours or None,
+                              max_host_hours=p.max_host_hours or None, max_builds=p.max_builds or None,
                               build_minutes=p.build_minutes, run_minutes=p.run_minutes,
                               bins=p.bins, prior=prior, commit_weights=weights, confirm_runs=p.confirm_runs,
                               seed=p.seed + self.cid)
@@ -212,13 +250,20 @@ class BisectCampaign:
         seq = len(self.store.builds(self.cid))
         while True:
             counts = self.counts()
-            runs = sum(map(sum, counts))  # evidence runs (infra never counts)
+            untestable = self.untestable()
+            # Budgets count infra too: a run cut off by a lost host counts as a
+            # run; a request the host refused ("cannot test here", e.g. a failed
+            # build) ran no iteration but counts as a build and its host time.
+            runs = sum(1 for r in self.store.runs(test=self.test, campaign_id=self.cid)
+                       if not is_cannot_test(r["reason"]) or r["outcome"] != "infra")
             host_minutes, built = self.spent()
+            builds = len(self.store.builds(self.cid))
             in_flight = [(self.index[f.request.commit], f.request.iterations) for f in self.dispatcher.in_flight]
-            s = step(counts, built, runs, host_minutes, in_flight, self.dispatcher.free_slots(), settings)
-            self._report(s, runs)
+            s = step(counts, built, runs, host_minutes, in_flight, self.dispatcher.free_slots(), settings,
+                     untestable=untestable, builds_used=builds)
+            self._report(s, sum(map(sum, counts)))
             if s.verdict and not self.dispatcher.in_flight:
-                return self._finish(s)
+                return self._finish(s, untestable)
             if not s.verdict:
                 for j, iterations in s.requests:
                     seq += 1
@@ -227,8 +272,9 @@ class BisectCampaign:
                 # Nothing running and nothing worth running: the engine's own
                 # stop rule must decide; ask it with the budget declared spent.
                 s = step(counts, built, runs, host_minutes, [], 0,
-                         replace(settings, max_runs=min(runs, settings.max_runs or runs)))
-                return self._finish(s)
+                         replace(settings, max_runs=min(runs, settings.max_runs or runs)),
+                         untestable=untestable, builds_used=builds)
+                return self._finish(s, untestable)
             self.dispatcher.collect(wait=True)
 
     def abort(self) -> None:
@@ -249,14 +295,15 @@ class BisectCampaign:
 
     # -- the result ------------------------------------------------------
 
-    def _finish(self, s: Step) -> dict:
-        result = self.result(s)
+    def _finish(self, s: Step, untestable: Optional[dict[int, dict]] = None) -> dict:
+        result = self.result(s, untestable)
         culprit = self.shas[s.culprit] if s.verdict == Verdict.CULPRIT.value else None
         self.store.finish_campaign(self.cid, s.verdict, culprit, float(s.confidence), result)
         return result
 
-    def result(self, s: Step) -> dict:
+    def result(self, s: Step, untestable: Optional[dict[int, dict]] = None) -> dict:
         """The campaign's result: what `--json` prints and reporters render."""
+        untestable = self.untestable() if untestable is None else untestable
         runs = self.store.runs(test=self.test, campaign_id=self.cid)
         builds = self.store.builds(self.cid)
         culprit_idx = s.culprit if s.verdict == Verdict.CULPRIT.value else None
@@ -278,6 +325,7 @@ class BisectCampaign:
             "culprit": self.shas[culprit_idx] if culprit_idx is not None else None,
             "confidence": round(float(s.confidence), 6),
             "p_no_change": round(float(s.p_no_change), 6),
+            "reason": s.reason,
             "runs": evidence_runs,
             "infra_runs": len(runs) - evidence_runs,
             "builds": len(builds),
@@ -289,6 +337,13 @@ class BisectCampaign:
             "commits": [{"commit": sha, "runs": sum(per_commit[sha].values()),
                          "outcomes": dict(per_commit[sha]), "max_wait_s": max_wait.get(sha)}
                         for sha in self.shas if per_commit[sha]],
+            "culprit_range": self._range(s),
+            "candidate_ranges": [self._range_json(lo, hi, p) for lo, hi, p in s.blocks if lo != hi],
+            "untestable": [{"commit": self.shas[i], "subject": self._subject(self.shas[i]),
+                            "reason": u["reasons"][0][0] if u["reasons"] else "infra",
+                            "reasons": [r for r, _ in u["reasons"]], "requests": u["requests"],
+                            "evidence_runs": u["evidence_runs"],
+                            "hosts": u["hosts"]} for i, u in sorted(untestable.items())],
             "build_urls": [b["url"] for b in builds if b["url"]],
             "command": (f"flakebot bisect --good {self.shas[0]} --bad {self.shas[-1]} --test {self.test}"
                         f" --confidence {self.params.confidence} --seed {self.params.seed}"),
@@ -296,8 +351,12 @@ class BisectCampaign:
             "culprit_info": None,
             "parent": None,
             "rates": None,
-            "waits": self._waits(runs, culprit_idx),
+            "waits": self._waits(runs, culprit_idx if culprit_idx is not None else (s.range[1] if s.range else None)),
         }
+        if s.verdict == Verdict.CULPRIT_RANGE.value and s.rates is not None:
+            out["rates"] = {"interval": s.rates.level,
+                            "before": _side(s.rates.before, self.params.bins, s.rates.level),
+                            "after": _side(s.rates.after, self.params.bins, s.rates.level)}
         if culprit_idx is not None:
             sha = self.shas[culprit_idx]
             c = self.store.get_commit(sha) or Commit(sha)
@@ -310,6 +369,18 @@ class BisectCampaign:
                     "after": _side(s.rates.after, self.params.bins, s.rates.level),
                 }
         return out
+
+    def _range(self, s: Step) -> Optional[dict]:
+        if s.verdict != Verdict.CULPRIT_RANGE.value or s.range is None:
+            return None
+        return self._range_json(*s.range, s.confidence)
+
+    def _range_json(self, lo: int, hi: int, p: float) -> dict:
+        """A block of hypotheses: untestable lo..hi-1 and the testable hi."""
+        return {"first": self.shas[lo], "last": self.shas[hi], "probability": round(float(p), 6),
+                "parent": self.shas[lo - 1],
+                "commits": [{"commit": self.shas[i], "subject": self._subject(self.shas[i])}
+                            for i in range(lo, hi + 1)]}
 
     def _subject(self, sha: str) -> str:
         c = self.store.get_commit(sha)

@@ -162,13 +162,15 @@ def import_log(ctx, files, commit, tests, db, repo, as_json):
 @click.option("--confidence", type=float, help="Posterior probability to stop at (default bisect.confidence).")
 @click.option("--max-runs", type=int, help="Budget: most test runs (default bisect.max_runs).")
 @click.option("--max-host-hours", type=float, help="Budget: most host hours; 0 = no limit.")
+@click.option("--max-builds", type=int, help="Budget: most builds, failed ones included "
+              "(default bisect.max_builds); 0 = no limit.")
 @click.option("--resume", "resume_id", type=int, help="Continue campaign ID.")
 @click.option("--abort", "abort_id", type=int, help="Stop campaign ID: cancel its builds still running, close it.")
 @executor_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_context
 @guard
-def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, resume_id, abort_id,
+def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, max_builds, resume_id, abort_id,
            db, executor, command_, repo, seed, as_json):
     """Find the commit in GOOD..BAD that raised TEST's failure rate.
 
@@ -179,14 +181,14 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, resume_id
             BisectCampaign(store, build_executor(cfg), abort_id).abort()
         out.print(f"campaign {abort_id} aborted; its finished runs stay stored")
         return
-    for name, v in (("--max-runs", max_runs), ("--max-host-hours", max_host_hours)):
+    for name, v in (("--max-runs", max_runs), ("--max-host-hours", max_host_hours), ("--max-builds", max_builds)):
         if v is not None and v < 0:
             raise InputError(f"{name} must not be negative (got {v})")
     if max_runs == 0:
         raise InputError("--max-runs must be at least 1")
     cfg = config_from(ctx, {**executor_overrides(db, executor, command_, repo, seed),
                             "bisect.confidence": confidence, "bisect.max_runs": max_runs,
-                            "bisect.max_host_hours": max_host_hours})
+                            "bisect.max_host_hours": max_host_hours, "bisect.max_builds": max_builds})
     history = open_history(cfg, required=resume_id is None)
     if resume_id is None:
         if not (good and bad and test):
@@ -258,12 +260,29 @@ def print_bisect_result(r: dict) -> None:
                     for side in ("before", "after")]
             out.print(fitted("failure rates on each side of the culprit (k/n, estimate [90% interval])",
                              cols, rows, out.width))
+    elif verdict == "culprit-range":
+        rg = r["culprit_range"]
+        out.print(f"[bold]culprit range[/] {rg['first'][:10]}..{rg['last'][:10]} "
+                  f"(confidence {r['confidence']:.3f}): one of these {len(rg['commits'])} commits; all but the "
+                  f"last cannot be tested here", highlight=False)
+        for c in rg["commits"]:
+            out.print(f"  {c['commit'][:10]} {c.get('subject', '')}", highlight=False)
     elif verdict == "no-regression":
         out.print(f"[bold]no regression[/] in this range (confidence {r['confidence']:.3f})")
     else:
-        out.print("[bold]inconclusive[/]: budget spent; top candidates:")
+        out.print(f"[bold]inconclusive[/]: {r.get('reason') or 'budget spent'}; top candidates:", highlight=False)
         for c in r["candidates"]:
             out.print(f"  {c['commit'][:10]} {c['probability']:.3f} {c.get('subject', '')}", highlight=False)
+        for rg in r.get("candidate_ranges") or []:
+            out.print(f"  range {rg['first'][:10]}..{rg['last'][:10]} ({len(rg['commits'])} commits, all but the "
+                      f"last untestable) {rg['probability']:.3f}", highlight=False)
+    if r.get("untestable"):
+        out.print(f"{len(r['untestable'])} commits cannot be tested here (skipped):")
+        for u in r["untestable"][:20]:
+            n = u["requests"]
+            out.print(f"  {u['commit'][:10]} {u['reason']} ({n} request{'' if n == 1 else 's'})", highlight=False)
+        if len(r["untestable"]) > 20:
+            out.print(f"  ... and {len(r['untestable']) - 20} more (--json lists them all)")
     out.print(f"{r['runs']} runs ({r['infra_runs']} infra), {r['builds']} builds, "
               f"{r['host_minutes'] / 60:.1f} host-hours on {len(r['hosts'])} hosts", highlight=False)
     if r.get("waits"):

@@ -519,6 +519,11 @@ class BisectConfig:
     max_runs: int = _k(2000, Int(1, 1_000_000), "Budget: most test runs one bisection may spend.")
     max_host_hours: float = _k(0.0, Num(0), "Budget: most host hours (builds plus runs) one bisection "
                                "may spend; 0 = no limit.")
+    max_builds: int = _k(1000, Int(0, 1_000_000), "Budget: most builds (requests sent to hosts, failed ones "
+                         "included) one bisection may spend; 0 = no limit.")
+    max_infra_per_commit: int = _k(3, Int(1, 1000), "A commit with no test result after this many requests "
+                                   "that came back infra (lost host, cut log) is skipped as untestable; one "
+                                   "whose every host said \"cannot test here\" is skipped at once.")
     confirm_runs: int = _k(10, Int(0, 10_000), "After a culprit is found, this many extra runs at it and "
                            "at its parent to confirm; 0 = none.")
     wait_bins_s: tuple[float, ...] = _k((20.0, 60.0, 80.0), NumList(Num(0, lo_open=True)),

@@ -15,6 +15,7 @@ the store's ingestion is idempotent, so no finished run is counted twice.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -34,6 +35,36 @@ class InFlight:
 
 
 MAX_RESUBMITS = 3  # a queue item cancelled before it ran is sent again, a few times
+
+# The host script's one line when it cannot test the commit on this host
+# (jobs/run-restart-tests.sh: missing test, QEMU, drive, failed build, ...).
+# Runs it leaves unaccounted for are infra with this reason, prefixed
+# CANNOT_TEST so a bisection can tell them from a lost host.
+_HOST_INFRA_RE = re.compile(r"flakebot: infra: (.*?)\s*$")
+_HOST_INFRA_MARK = "flakebot: infra: "
+CANNOT_TEST = "cannot test here: "
+
+
+def is_cannot_test(reason: str | None) -> bool:
+    """True for an infra run the host declared untestable (not a lost host)."""
+    return bool(reason) and reason.startswith(CANNOT_TEST)
+
+
+class _InfraTap:
+    """Passes console lines through, remembering the host's last infra line."""
+
+    def __init__(self, lines: Iterable):
+        self.lines = lines
+        self.reason: Optional[str] = None
+
+    def __iter__(self):
+        for line in self.lines:
+            text = line if isinstance(line, str) else bytes(line).decode("utf-8", "replace")
+            if _HOST_INFRA_MARK in text:
+                m = _HOST_INFRA_RE.search(text)
+                if m and m.group(1):
+                    self.reason = m.group(1)[:300]
+            yield line
 
 
 @dataclass
@@ -146,8 +177,10 @@ class Dispatcher:
     def _ingest(self, item: InFlight, status: BuildStatus) -> Finished:
         why = "build lost" if status.state is BuildState.LOST else f"no result in console (rc={status.rc})"
         try:
-            parsed = list(spdklog.parse_lines(self.executor.console(item.handle),
-                                              slow_threshold_s=self.slow_threshold_s))
+            tap = _InfraTap(self.executor.console(item.handle))
+            parsed = list(spdklog.parse_lines(tap, slow_threshold_s=self.slow_threshold_s))
+            if tap.reason:
+                why = CANNOT_TEST + tap.reason
         except ExecutorError as exc:
             parsed, why = [], f"console unavailable: {exc}"
         runs = complete_runs(item.request, parsed, why)

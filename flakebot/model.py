@@ -129,5 +129,6 @@ class BuildStatus:
 
 class Verdict(str, enum.Enum):
     CULPRIT = "culprit"
+    CULPRIT_RANGE = "culprit-range"  # one of a run of untestable commits or the testable one after them
     NO_REGRESSION = "no-regression"
     INCONCLUSIVE = "inconclusive"

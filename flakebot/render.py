@@ -353,15 +353,24 @@ def _build_bisect(r: dict) -> list[Block]:
             doc.append(Para((B("Change-Id:"), T(" "), C(_one_line(info["change_id"], 60)))))
         doc.append(Para((B("Confidence:"), T(f" {pct(conf)} that this commit raised the failure rate "
                                             f"(searched {good}..{bad})."))))
+    elif verdict == "culprit-range" and isinstance(r.get("culprit_range"), dict):
+        rg = r["culprit_range"]
+        members = [c for c in _list(rg.get("commits")) if isinstance(c, dict)]
+        doc.append(Heading((T("flakebot: culprit range found for "), C(test))))
+        doc.append(Para((B("Verdict:"), T(f" {pct(conf)} that one of these {len(members)} commits raised the "
+                                         f"failure rate (searched {good}..{bad}); all but the last cannot be "
+                                         f"tested here, so the data cannot tell which:"))))
+        doc.append(Bullets(tuple((C(short(c.get("commit"))), T(" " + _one_line(c.get("subject") or "")))
+                                 for c in members[:40])))
     elif verdict == "no-regression":
         doc.append(Heading((T("flakebot: no regression found for "), C(test))))
         doc.append(Para((B("Verdict:"), T(f" no commit in {good}..{bad} changed the failure rate "
                                          f"measurably (confidence {pct(conf)})."))))
     else:
         doc.append(Heading((T("flakebot: inconclusive for "), C(test))))
-        doc.append(Para((B("Verdict:"), T(f" inconclusive in {good}..{bad}: the budget ran out before "
-                                         f"one commit reached the requested confidence "
-                                         f"(best {pct(conf)})."))))
+        why = _one_line(r.get("reason") or "", 200) or "the budget ran out"
+        doc.append(Para((B("Verdict:"), T(f" inconclusive in {good}..{bad} ({why}): no commit reached "
+                                         f"the requested confidence (best {pct(conf)})."))))
 
     rates = r.get("rates") if isinstance(r.get("rates"), dict) else None
     if rates:
@@ -393,6 +402,13 @@ def _build_bisect(r: dict) -> list[Block]:
             items.append(tuple(item))
         doc.append(Para((B("Next candidates"), T(" (probability of being the culprit):"))))
         doc.append(Bullets(tuple(items)))
+
+    untestable = [u for u in _list(r.get("untestable")) if isinstance(u, dict)]
+    if untestable:
+        rows = tuple((C(short(u.get("commit"))), T(_one_line(u.get("reason") or "", 160)),
+                      str(u.get("requests", "?"))) for u in untestable[:40])
+        doc.append(Details(f"Commits that cannot be tested here, skipped ({len(untestable)})",
+                           (Table(("commit", "why", "requests"), rows),)))
 
     commits = [c for c in _list(r.get("commits")) if isinstance(c, dict)]
     if commits:

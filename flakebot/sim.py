@@ -80,19 +80,71 @@ class Behaviour:
 HEALTHY = Behaviour(0.0, 0.0)
 
 
-def _stable_int(*parts: object) -> int:
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "big")
+@dataclass(frozen=True)
+class CannotTest:
+    """Why no host can test a commit: the reason the host script prints on its
+    `flakebot: infra: <reason>` line before it exits 3. `build`: it gives up
+    after building (a failed build costs the build time); else in the checks
+    before it (no such test, no QEMU of the right kind, ...)."""
+
+    reason: str
+    build: bool = False
+
+
+def untestable_commits(commits: Iterable[Any], *, oldest: float = 0.0, scattered: float = 0.0,
+                       build_fails: Iterable[Any] = (), seed: int = 0,
+                       reason: str = "no test/vfio_user/nvme/vfio_user_restart_vm.sh at this commit"
+                       ) -> dict[str, CannotTest]:
+    """Which commits of a range (oldest first) cannot be tested: the oldest
+    `oldest` fraction (an era boundary), a `scattered` fraction drawn from the
+    rest (never the last commit), and `build_fails` (their build fails)."""
+    shas = [_sha(c) for c in commits]
+    out: dict[str, CannotTest] = {}
+    cut = int(round(oldest * len(shas)))
+    for sha in shas[:cut]:
+        out[sha] = CannotTest(reason)
+    rest = shas[cut:-1]
+    k = int(round(scattered * len(shas)))
+    if k:
+        for sha in random.Random(_stable_int("untestable", seed)).sample(rest, min(k, len(rest))):
+            out[sha] = CannotTest("VFIO_QEMU_BIN is not the QEMU this commit's test/vhost/common.sh needs")
+    for c in build_fails:
+        sha = _sha(c)
+        out[sha] = CannotTest(f"build of {sha} failed", build=True)
+    return out
 
 
 class Scenario:
     """Which Behaviour each (test, commit) has. Build one with a constructor below."""
 
-    def __init__(self, fn: Callable[[str, str], Behaviour]):
+    def __init__(self, fn: Callable[[str, str], Behaviour],
+                 cannot: Optional[Callable[[str, str], Optional[CannotTest]]] = None):
         self._fn = fn
+        self._cannot = cannot
 
     def behaviour(self, test: str, sha: str) -> Behaviour:
         return self._fn(test, sha)
+
+    def cannot_test(self, sha: str, tests: Iterable[str] = (NVME_TEST,)) -> Optional[CannotTest]:
+        """Why no host can run `tests` at `sha` (None: every host can)."""
+        if self._cannot is None:
+            return None
+        for test in tests:
+            why = self._cannot(test, sha)
+            if why is not None:
+                return why
+        return None
+
+    def with_untestable(self, untestable: dict[str, CannotTest]) -> "Scenario":
+        """The same behaviours, with these commits untestable on every host,
+        whatever the test (see `untestable_commits`)."""
+        table = dict(untestable)
+        before = self._cannot
+
+        def cannot(test: str, sha: str) -> Optional[CannotTest]:
+            return table.get(sha) or (before(test, sha) if before is not None else None)
+
+        return Scenario(self._fn, cannot)
 
     @classmethod
     def constant(cls, behaviour: Behaviour = HEALTHY) -> "Scenario":
@@ -148,11 +200,13 @@ class Scenario:
         The nvme test is healthy at a commit whose vfio_user_restart_vm.sh removes the
         namespace (`nvmf_subsystem_remove_ns`) before the listener
         (`nvmf_subsystem_remove_listener`), or never removes the listener; otherwise it
-        is `prone`. A commit without the script cannot run the test: p_fail=1.
-        The virtio tests are `healthy` at every commit. `show_file(sha, path)` returns
-        the file's text or None."""
+        is `prone`. A commit without the script cannot run the test: the host
+        says so (`cannot_test`, as the host script's `flakebot: infra:` line);
+        asked anyway, its behaviour is p_fail=1. The virtio tests are `healthy`
+        at every commit. `show_file(sha, path)` returns the file's text or None."""
         cache: dict[str, Behaviour] = {}
         missing = Behaviour(0.0, 0.0, p_fail=1.0)
+        no_script = CannotTest(f"no {NVME_SCRIPT} at this commit")
 
         def fn(test: str, sha: str) -> Behaviour:
             if test != NVME_TEST:
@@ -165,7 +219,10 @@ class Scenario:
                     cache[sha] = healthy if nvme_script_is_healthy(text) else prone
             return cache[sha]
 
-        return cls(fn)
+        def cannot(test: str, sha: str) -> Optional[CannotTest]:
+            return no_script if fn(test, sha) is missing else None
+
+        return cls(fn, cannot)
 
     @classmethod
     def from_repo(cls, path: str, **kw) -> "Scenario":
@@ -709,6 +766,27 @@ def simulate(
             yield truth, out
             return
         yield truth, out
+
+
+def cannot_test_lines(commit: str, why: CannotTest, *, fmt: str = "jenkins", era: str = "2024",
+                      clock: Optional[SimClock] = None, build_minutes: float = 10.0) -> list[str]:
+    """What the host script prints when it cannot test `commit`: its checkout,
+    the build when `why.build`, and the one `flakebot: infra:` line."""
+    clock = clock or SimClock.seeded(commit, era)
+    w = _Writer(fmt, era, clock, random.Random(0), NVME_TEST, NVME_SCRIPT)
+    out = [w._prefix() + f"+ git checkout --quiet --force --detach {commit}"]
+    if why.build:
+        out.append(w._prefix() + "+ ./configure --with-vfio-user")
+        clock.elapsed += build_minutes * 60
+        out.append(w._prefix() + "make: *** [Makefile:45: all] Error 2")
+    clock.elapsed += 1.0
+    out.append(w._prefix() + f"flakebot: infra: {why.reason}")
+    return out
+
+
+def _stable_int(*parts: object) -> int:
+    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "big")
 
 
 def console_lines(

@@ -284,6 +284,9 @@ def test_from_tree_on_a_git_repo(tmp_path):
     assert s2.behaviour(NVME, shas[2]) == Behaviour(0.15, 0.30)
     assert s2.behaviour(NVME, shas[0]) == sim.HEALTHY
     assert s2.behaviour(NVME, "0" * 40).p_fail == 1.0  # no script there: the test cannot run
+    # ... and the host says so before running anything (the host script's infra line)
+    assert s2.cannot_test("0" * 40).reason == f"no {sim.NVME_SCRIPT} at this commit"
+    assert s2.cannot_test(shas[0]) is None and s2.cannot_test("0" * 40, (BLK,)) is None
 
 
 # ------------------------------------------------------------------ CLI

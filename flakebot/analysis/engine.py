@@ -49,17 +49,29 @@ host (a shared artifact). A commit with a request in flight is treated as
 built for further requests. If builds are per host, pass the built set of the
 host being filled (or build_minutes=0 and add the cost in the loop).
 
+Untestable commits (keyword `untestable`: indices no host can test, skip.py)
+are never probed; those without runs carry no evidence, so a run of them and the first
+testable commit after it form one block of hypotheses the data cannot split.
+The stop rule judges blocks: a block of one commit is the usual 'culprit'; a
+longer block reaching `confidence` is the verdict 'culprit-range' (`range` =
+(first, last) index; confirmation runs at its testable end and at the
+testable commit before it). An untestable bad end stops the search
+('inconclusive'): there is nothing to learn the risen rate from. With an
+untestable good end, "culprit in the first block" and "no change" cannot be
+told apart; once they share `confidence` the search stops ('inconclusive').
+
 Stop rule: 'culprit' when one commit reaches `confidence` AND there are at least
 `confirm_runs` runs at it and at its parent (the engine requests the missing
 confirmation runs first; they count in the budget; if they move the posterior
 below the threshold, the search simply continues). 'no-regression' when
-P(no change) reaches `confidence`. 'inconclusive' when the budget (max_runs
-or max_host_hours) is spent, or when no probe carries information.
+P(no change) reaches `confidence`. 'inconclusive' when the budget (max_runs,
+max_host_hours or max_builds, with `builds_used` the requests submitted so
+far, in flight included) is spent, or when no probe carries information.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 
@@ -67,6 +79,7 @@ from flakebot.analysis.classes import DEFAULT_BINS, Bins, to_groups
 from flakebot.analysis.planner import plan
 from flakebot.analysis.posterior import Posterior, Prior, default_prior, posterior
 from flakebot.analysis.rates import Rates, culprit_rates
+from flakebot.analysis.skip import block_probabilities, blocks, testable_before
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class EngineSettings:
     confidence: float = 0.95
     max_runs: Optional[int] = None
     max_host_hours: Optional[float] = None
+    max_builds: Optional[int] = None       # requests (each one build on its host)
     build_minutes: float = 10.0
     run_minutes: float = 2.0
     bins: Bins = DEFAULT_BINS
@@ -93,7 +107,7 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if not 0.5 < self.confidence < 1:
             raise ValueError("confidence must be in (0.5, 1)")
-        for name in ("max_runs", "max_host_hours"):
+        for name in ("max_runs", "max_host_hours", "max_builds"):
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -113,6 +127,8 @@ class Step:
     requests: list[tuple[int, int]] = field(default_factory=list)
     rates: Optional[Rates] = None
     reason: str = ""
+    range: Optional[tuple[int, int]] = None  # verdict 'culprit-range': (first, last) index
+    blocks: list[tuple[int, int, float]] = field(default_factory=list)  # top-k (first, last, P) blocks
 
 
 def _rng_for(settings: EngineSettings, runs_used: int, in_flight) -> np.random.Generator:
@@ -122,7 +138,8 @@ def _rng_for(settings: EngineSettings, runs_used: int, in_flight) -> np.random.G
 
 def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
          in_flight: Sequence[tuple[int, int]], free_hosts: int, settings: EngineSettings = EngineSettings(),
-         rng: np.random.Generator | None = None, post: Posterior | None = None) -> Step:
+         rng: np.random.Generator | None = None, post: Posterior | None = None, *,
+         untestable: Collection[int] = (), builds_used: int = 0) -> Step:
     """One decision: verdict or requests. See the module docstring."""
     rng = rng if rng is not None else _rng_for(settings, runs_used, in_flight)
     prior = settings.prior or default_prior()
@@ -132,47 +149,86 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
     cands = post.top(settings.top_k)
     top, ptop = cands[0]
     runs_at = x.sum(1)
+    n = len(x) - 1
+    skip = frozenset(int(j) for j in untestable)
+    # A skipped commit that has runs (its hosts kept getting lost) is not
+    # probed again, but its evidence still splits the hypotheses.
+    empty = frozenset(j for j in skip if runs_at[j] == 0)
+    bl = blocks(n, empty)
+    bp = block_probabilities(post.culprit, bl)
+    order = np.argsort(-bp, kind="stable")
+    top_blocks = [(bl[i][0], bl[i][1], float(bp[i])) for i in order[:settings.top_k]]
+    lo, hi, pblock = top_blocks[0]
     pend: dict[int, int] = {}
     for j, m in in_flight:
         pend[int(j)] = pend.get(int(j), 0) + int(m)
 
+    def done(verdict, culprit, conf, reason, **kw) -> Step:
+        return Step(verdict, culprit, conf, post.p_no_change, cands, reason=reason, blocks=top_blocks, **kw)
+
     # Budget.
-    spent = (settings.max_runs is not None and runs_used >= settings.max_runs) or (
-        settings.max_host_hours is not None and host_minutes_used >= 60 * settings.max_host_hours)
+    spent = [what for what, over in (
+        ("run", settings.max_runs is not None and runs_used >= settings.max_runs),
+        ("host-hour", settings.max_host_hours is not None and host_minutes_used >= 60 * settings.max_host_hours),
+        ("build", settings.max_builds is not None and builds_used >= settings.max_builds)) if over]
 
     if post.p_no_change >= settings.confidence:
-        return Step("no-regression", None, post.p_no_change, post.p_no_change, cands,
-                    reason=f"P(no change) = {post.p_no_change:.3f}")
+        return done("no-regression", None, post.p_no_change, f"P(no change) = {post.p_no_change:.3f}")
     forced: list[tuple[int, int]] = []
-    if ptop >= settings.confidence:
-        short = [(j, settings.confirm_runs - int(runs_at[j])) for j in (top, top - 1)
-                 if runs_at[j] < settings.confirm_runs]
+    parent = testable_before(lo, empty)
+    if pblock >= settings.confidence and hi not in empty:
+        short = [(j, settings.confirm_runs - int(runs_at[j])) for j in (hi, parent)
+                 if j is not None and j not in skip and runs_at[j] < settings.confirm_runs]
         if not short:
-            return Step("culprit", top, ptop, post.p_no_change, cands,
-                        rates=culprit_rates(counts, top, settings.bins, settings.interval_level),
-                        reason=f"P(c{top}) = {ptop:.3f}, confirmed by runs at it and its parent")
+            rates = culprit_rates(counts, hi, settings.bins, settings.interval_level)
+            if lo == hi:
+                return done("culprit", hi, pblock, f"P(c{hi}) = {pblock:.3f}, confirmed by runs at it and its parent",
+                            rates=rates)
+            return done("culprit-range", None, pblock,
+                        f"P(c{lo}..c{hi}) = {pblock:.3f}; "
+                        f"{f'c{lo}' if hi - lo == 1 else f'c{lo}..c{hi - 1}'} cannot be tested here", rates=rates,
+                        range=(lo, hi))
         forced = [(j, m - pend.get(j, 0)) for j, m in short if m - pend.get(j, 0) > 0]
+    front_lo, front_hi = bl[0]
+    if 0 in skip and runs_at[0] == 0 and front_hi not in empty and not forced:
+        # The good end cannot be tested: "culprit in the first block" and "no
+        # change" both say every testable commit behaves alike, so no run can
+        # split them. Stop once together they reach the confidence.
+        p_front = float(bp[0]) + post.p_no_change
+        if p_front >= settings.confidence and runs_at[front_hi] >= settings.confirm_runs:
+            return done("inconclusive", top, ptop,
+                        f"c0..c{front_hi - 1} cannot be tested here and every testable commit behaves like "
+                        f"c{front_hi} (P = {p_front:.3f}): a change, if any, came at or before c{front_hi}")
     if spent:
-        return Step("inconclusive", top, ptop, post.p_no_change, cands, reason="budget spent")
+        return done("inconclusive", top, ptop, f"{' and '.join(spent)} budget spent")
+    if n in empty:
+        return done("inconclusive", top, ptop, "the bad end cannot be tested here")
     # Learn the bad side early: with unknown rates and no data at the bad end,
     # passes anywhere are consistent with a small p1 (BISECTION.md).
-    n = len(x) - 1
     if not forced and runs_at[n] + pend.get(n, 0) < settings.bad_end_runs \
             and x[n, 1] + x[n, 2] < settings.bad_end_events:
         forced = [(n, 1)]
-    if ptop >= settings.predecessor_threshold and top - 1 >= 0 and runs_at[top - 1] == 0 \
-            and pend.get(top - 1, 0) == 0 and not forced:
-        forced = [(top - 1, 1)]
+    if pblock >= settings.predecessor_threshold and parent is not None and runs_at[parent] == 0 \
+            and pend.get(parent, 0) == 0 and not forced:
+        forced = [(parent, 1)]
+    if settings.max_builds is not None:
+        free_hosts = min(free_hosts, settings.max_builds - builds_used)
     max_new = None
     if settings.max_runs is not None:
         max_new = settings.max_runs - runs_used - sum(pend.values())
         if max_new <= 0:
-            return Step(None, top, ptop, post.p_no_change, cands, reason="budget committed; waiting")
-    reqs = plan(x, prior, built=set(built), in_flight=list(in_flight), free_hosts=free_hosts,
+            return Step(None, top, ptop, post.p_no_change, cands, reason="budget committed; waiting",
+                        blocks=top_blocks)
+    # Runs in flight at a commit found untestable will come back as infra: no pending evidence.
+    testable_in_flight = [(j, m) for j, m in in_flight if int(j) not in skip]
+    reqs = plan(x, prior, built=set(built), in_flight=testable_in_flight, free_hosts=free_hosts,
                 build_minutes=settings.build_minutes, run_minutes=settings.run_minutes, rng=rng,
                 iteration_options=settings.iteration_options, commit_weights=cw,
-                tie_tol=settings.tie_tol, forced=forced, rate_weight=settings.rate_weight, max_new_runs=max_new, post=post)
+                tie_tol=settings.tie_tol, forced=forced, rate_weight=settings.rate_weight, max_new_runs=max_new,
+                post=post, skip=skip)
     if not reqs and not in_flight and free_hosts > 0:
-        return Step("inconclusive", top, ptop, post.p_no_change, cands, reason="no probe carries information")
-    why = "confirmation runs" if forced and ptop >= settings.confidence else "most information per host-minute"
-    return Step(None, top, ptop, post.p_no_change, cands, reqs, reason=why)
+        why = ("what is left to learn lies among commits that cannot be tested here" if lo != hi
+               else "no probe carries information")
+        return done("inconclusive", top, ptop, why)
+    why = "confirmation runs" if forced and pblock >= settings.confidence else "most information per host-minute"
+    return Step(None, top, ptop, post.p_no_change, cands, reqs, reason=why, blocks=top_blocks)

@@ -30,7 +30,7 @@ given the numpy Generator passed in.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from scipy.special import gammaln
@@ -120,14 +120,15 @@ def plan(group_counts, prior: Prior, *, built: set[int], in_flight: Sequence[tup
          free_hosts: int, build_minutes: float, run_minutes: float, rng: np.random.Generator,
          iteration_options: Sequence[int] = (1,), commit_weights=None, tie_tol: float = 0.05,
          forced: Sequence[tuple[int, int]] = (), min_information: float = 1e-6, rate_weight: float = 0.0,
-         max_new_runs: int | None = None, post: Posterior | None = None) -> list[tuple[int, int]]:
+         max_new_runs: int | None = None, post: Posterior | None = None,
+         skip: Collection[int] = ()) -> list[tuple[int, int]]:
     """One (commit, iterations) request per free host.
 
     group_counts: (n+1, 3) evidence; in_flight: requests submitted but not
     back; forced: requests the caller wants first (confirmation runs), which
     use up hosts. Returns fewer requests than free hosts only when nothing is
     worth running (information below `min_information`) or `max_new_runs`
-    is reached.
+    is reached. `skip`: commits no host can test (never probed, forced or not).
     """
     x = np.asarray(group_counts, dtype=float)
     n = x.shape[0] - 1
@@ -137,7 +138,10 @@ def plan(group_counts, prior: Prior, *, built: set[int], in_flight: Sequence[tup
     have_build = set(built) | set(pending)
     out: list[tuple[int, int]] = []
     budget = max_new_runs if max_new_runs is not None else 10**12
+    blocked = np.array(sorted(int(j) for j in skip), dtype=int)
     for j, m in forced:
+        if int(j) in skip:
+            continue
         if len(out) >= free_hosts or budget <= 0:
             break
         m = min(int(m), budget)
@@ -157,6 +161,7 @@ def plan(group_counts, prior: Prior, *, built: set[int], in_flight: Sequence[tup
                 continue
             info = information(post, m) + m * ri
             score = np.where(info >= min_information, info / (cost_build + m * run_minutes), -np.inf)
+            score[blocked] = -np.inf
             scored.append((m, score))
             best_score = max(best_score, float(score.max()))
         if not best_score > 0:

@@ -16,6 +16,10 @@ sees a commit, plus `run_minutes` per iteration actually run.
 Exit codes mirror the host script: 0 all passed, 1 some iteration failed.
 An infra fault (Behaviour.p_infra, `fail_next()` or `infra_hook`) cuts the
 console off mid-iteration and the request ends LOST (host gone, rc None).
+A commit the scenario says cannot be tested (`Scenario.with_untestable`) ends
+as the host script does: one `flakebot: infra: <reason>` line, exit 3, no
+iteration run; it costs the build when the build is what fails (and leaves
+nothing built), else CHECK_MINUTES.
 """
 from __future__ import annotations
 
@@ -26,13 +30,17 @@ from flakebot.executors.base import ExecutorError
 from flakebot.model import BuildState, BuildStatus, KNOWN_TESTS, RunRequest
 from flakebot.sim import (
     ERAS,
+    CannotTest,
     FORMATS,
     IterationTruth,
     Scenario,
     SimClock,
     _stable_int,
+    cannot_test_lines,
     simulate,
 )
+
+CHECK_MINUTES = 0.5  # checkout and the host's checks before it gives up on a commit
 
 
 @dataclass
@@ -47,6 +55,7 @@ class _Job:
     cancelled: bool = False
     host_minutes: float = 0.0
     polls: int = 0
+    cannot: Optional[CannotTest] = None
 
 
 class SimExecutor:
@@ -163,9 +172,13 @@ class SimExecutor:
         except KeyError:
             raise ExecutorError(f"sim executor: unknown handle {handle!r}") from None
 
-    def _simulate(self, job: _Job, with_lines: bool = True) -> Iterator[tuple[IterationTruth, list[str]]]:
+    def _simulate(self, job: _Job, with_lines: bool = True) -> Iterator[tuple[Optional[IterationTruth], list[str]]]:
         req = job.request
         clock = SimClock.seeded((self.seed, req.run_id), self.era)
+        if job.cannot is not None:
+            yield None, cannot_test_lines(req.commit, job.cannot, fmt=self.fmt, era=self.era, clock=clock,
+                                          build_minutes=self.build_minutes)
+            return
         if job.needs_build:  # the build runs first, on the same console
             clock.elapsed += self.build_minutes * 60
         for ti, test in enumerate(req.tests):
@@ -182,6 +195,11 @@ class SimExecutor:
         req = job.request
         built = self._built[job.host]
         job.needs_build = req.commit not in built
+        job.cannot = self.scenario.cannot_test(req.commit, req.tests)
+        if job.cannot is not None:
+            job.rc = 3
+            job.host_minutes = self.build_minutes if job.cannot.build else CHECK_MINUTES
+            return
         minutes = self.build_minutes if job.needs_build else 0.0
         rc = 0
         for truth, _lines in self._simulate(job, with_lines=False):

@@ -36,7 +36,9 @@ are reported in simulated milliseconds, so host minutes stay meaningful.
 
 Faults, for tests: :meth:`FakeJenkins.fail_auth`, :meth:`fail_5xx`,
 :meth:`slow`, :meth:`cancel_queue_items`, :meth:`lose_agent`,
-:meth:`truncate_logs`, :meth:`rotate_crumb`.
+:meth:`truncate_logs`, :meth:`rotate_crumb`. A scenario with commits that
+cannot be tested (``sim.Scenario.with_untestable``) makes their builds print
+the host script's ``flakebot: infra:`` line and end FAILURE, as exit 3 does.
 
     >>> fake = FakeJenkins(agents=2)
     >>> with fake as url:
@@ -113,6 +115,11 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
                 yield from _fallback_console(test, iterations, seed + i)
             return
         clock = sim.SimClock.seeded(seed, era)  # one clock: tests run one after another
+        why = scenario.cannot_test(commit, tests) if hasattr(scenario, "cannot_test") else None
+        if why is not None:  # the host script gives up on this commit and exits 3
+            clock.elapsed = 0.0
+            yield from sim.cannot_test_lines(commit, why, fmt="jenkins", era=era, clock=clock)
+            return
         for i, test in enumerate(tests):
             if scenario is not None:
                 behaviour = scenario.behaviour(test, commit)
@@ -274,6 +281,7 @@ class Build:
     raw_last: float = 0.0
     pending: Optional[tuple[float, str]] = None
     failed: bool = False
+    refused: bool = False  # the host script printed `flakebot: infra: ...` (it exits 3)
     iterations_done: int = 0
     starts: int = 0
     ends: list = field(default_factory=lambda: [0, 0])  # iteration-end markers, END TEST lines
@@ -571,6 +579,9 @@ class FakeJenkins:
                         self._finish(b, "FAILURE")
                         b.agent.online = False  # its agent reconnects a little later
                         b.agent.offline_until = now + self.reconnect_s
+                    elif b.refused:  # exit 3: the shell step fails the build
+                        b.log.append_line("Build step 'Execute shell' marked build as failure")
+                        self._finish(b, "FAILURE")
                     else:
                         # the job maps the host script's exit 1 (a test failed) to UNSTABLE
                         self._finish(b, "UNSTABLE" if b.failed else "SUCCESS")
@@ -588,6 +599,8 @@ class FakeJenkins:
             b.log.append_line(text)
             if _FAILED_RE.search(text):
                 b.failed = True
+            if "flakebot: infra: " in text:
+                b.refused = True
             if "FLAKEBOT-ITERATION-START" in text:
                 b.starts += 1
             if "FLAKEBOT-ITERATION-END" in text:

@@ -191,6 +191,8 @@ class CampaignData:
     prior_runs_at: list[int]  # per position: runs stored before the campaign (its prior)
     result: Optional[dict]
     params: dict
+    # Commits the bisection skipped as untestable: {"position", "commit", "subject", "reason", "requests"}
+    untestable: list[dict] = field(default_factory=list)
 
     @property
     def top(self) -> list[tuple[int, float]]:
@@ -468,6 +470,7 @@ def campaign_data(store: Store, campaign_id: int) -> CampaignData:
     shas = store.campaign_commits(campaign_id)
     index = {sha: i for i, sha in enumerate(shas)}
     post, p0 = None, None
+    skipped: dict[int, dict] = {}
     if row["kind"] == "bisect" and len(shas) >= 2:
         # The campaign's own evidence and prior, through the engine's posterior.
         camp = BisectCampaign(store, None, campaign_id)  # type: ignore[arg-type]  (no executor needed)
@@ -475,6 +478,7 @@ def campaign_data(store: Store, campaign_id: int) -> CampaignData:
         cw = None if settings.commit_weights is None else list(settings.commit_weights)
         p = posterior(to_groups(camp.counts(), settings.bins), settings.prior, cw, groups=True)
         post, p0 = np.asarray(p.culprit, dtype=float), float(p.p_no_change)
+        skipped = camp.untestable()
     runs_at: list[dict[str, int]] = [dict.fromkeys(OUTCOMES, 0) for _ in shas]
     for r in store.runs(test=row["test"], campaign_id=campaign_id):
         if r["commit_sha"] in index:
@@ -493,8 +497,10 @@ def campaign_data(store: Store, campaign_id: int) -> CampaignData:
     for sha in shas:
         c = store.get_commit(sha)
         subjects.append(c.subject if c else "")
+    untestable = [{"position": i, "commit": shas[i], "subject": subjects[i], "requests": u["requests"],
+                   "reason": u["reasons"][0][0] if u["reasons"] else "infra"} for i, u in sorted(skipped.items())]
     return CampaignData(campaign_summary(store, row), shas, subjects, post, p0, runs_at, builds_at, prior_at,
-                        row.get("result"), row.get("params") or {})
+                        row.get("result"), row.get("params") or {}, untestable)
 
 
 # ------------------------------------------------------------------ the whole

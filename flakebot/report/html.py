@@ -115,9 +115,16 @@ def _verdict(cd: CampaignData, db_path: str) -> str:
                 + "</div>")
     elif s.verdict == "no-regression":
         head = f'<div class="big">No regression in this range</div><div>confidence {s.confidence:.3f}</div>'
+    elif s.verdict == "culprit-range" and isinstance(r.get("culprit_range"), dict):
+        rg = r["culprit_range"]
+        members = ", ".join(f"{_sha(c.get('commit'))} {_e(c.get('subject') or '')}" for c in rg.get("commits") or [])
+        head = (f'<div class="big">Culprit range {_sha(rg.get("first"))}..{_sha(rg.get("last"))}</div>'
+                f"<div>confidence {s.confidence:.3f} that one of these raised the rate (all but the last cannot "
+                f"be tested here): {members}</div>")
     elif s.verdict == "inconclusive":
         cands = ", ".join(f"{_sha(cd.shas[i])} {p:.2f}" for i, p in cd.top[:3])
-        head = f'<div class="big">Inconclusive: budget spent</div><div>top candidates: {cands}</div>'
+        head = (f'<div class="big">Inconclusive: {_e(r.get("reason") or "budget spent")}</div>'
+                f"<div>top candidates: {cands}</div>")
     else:
         head = f'<div class="big">Campaign {_e(s.status)}</div>'
     body = (f"<div>{s.kind} of <code>{_e(s.test)}</code> over {_sha(s.good)}..{_sha(s.bad)} "
@@ -142,7 +149,14 @@ def _verdict(cd: CampaignData, db_path: str) -> str:
         line = f"{r['command']} --repo SPDK_CLONE --db {os.path.abspath(db_path)}"
         cmd = (f'<div class="note">reproduce: <code>{_e(line)}</code> (SPDK_CLONE: any clone of SPDK with '
                "these commits; the database holds every run)</div>")
-    return f'<div class="verdict {_e(kind)}">{head}{body}{table}{cmd}</div>'
+    skipped = ""
+    if cd.untestable:
+        skipped = ("<details><summary>" + f"{len(cd.untestable)} commits cannot be tested here (skipped)</summary>"
+                   "<table><tr><th>pos</th><th class=l>commit</th><th class=l>why</th><th>requests</th></tr>"
+                   + "".join(f'<tr><td>{u["position"]}</td><td class="l">{_sha(u["commit"])}</td>'
+                             f'<td class="l wrap">{_e(u["reason"])}</td><td>{u["requests"]}</td></tr>'
+                             for u in cd.untestable) + "</table></details>")
+    return f'<div class="verdict {_e(kind)}">{head}{body}{table}{skipped}{cmd}</div>'
 
 
 def _commit_table(td: TestData, culprits: set[str]) -> str:

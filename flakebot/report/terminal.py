@@ -83,8 +83,15 @@ def campaign_lines(cd: CampaignData, console: Console) -> None:
     if s.verdict == "culprit":
         console.print(f"  [bold red]culprit[/] {s.culprit[:10]} {s.culprit_subject} "
                       f"(confidence {s.confidence:.3f})", highlight=False)
+    elif s.verdict == "culprit-range" and (cd.result or {}).get("culprit_range"):
+        rg = cd.result["culprit_range"]
+        console.print(f"  [bold red]culprit range[/] {rg['first'][:10]}..{rg['last'][:10]} "
+                      f"({len(rg['commits'])} commits, all but the last untestable; confidence {s.confidence:.3f})",
+                      highlight=False)
     elif s.verdict:
-        console.print(f"  verdict: {s.verdict} (confidence {s.confidence:.3f})", highlight=False)
+        reason = (cd.result or {}).get("reason")
+        console.print(f"  verdict: {s.verdict} (confidence {s.confidence:.3f})"
+                      + (f": {reason}" if reason and s.verdict == "inconclusive" else ""), highlight=False)
     else:
         console.print(f"  status: {s.status}", highlight=False)
     console.print(f"  {s.runs} runs, {s.builds} builds, {s.host_minutes / 60:.1f} host-hours", highlight=False)
@@ -95,6 +102,12 @@ def campaign_lines(cd: CampaignData, console: Console) -> None:
                 for i, p in cd.top]
         rows.append(["", "no change", f"{cd.p_no_change:.4f}", "", ""])
         console.print(fitted("posterior (recomputed from the stored counts)", cols, rows, console.width))
+    if cd.untestable:
+        cols = [Col("pos"), Col("commit", "left"), Col("why", "left"), Col("requests"),
+                Col("subject", "left", flex=True)]
+        rows = [[str(u["position"]), u["commit"][:10], u["reason"], str(u["requests"]), u["subject"]]
+                for u in cd.untestable]
+        console.print(fitted(f"untestable commits, skipped ({len(cd.untestable)})", cols, rows, console.width))
 
 
 def print_report(data: ReportData, console: Console) -> None:
