@@ -54,7 +54,7 @@ def pid_alive(pid: int) -> bool:
 def test_env_passed_and_log_captured(tmp_path):
     job = script(tmp_path, 'echo "commit=$FLAKEBOT_COMMIT tests=$FLAKEBOT_TESTS n=$FLAKEBOT_ITERATIONS"\n'
                            'echo "run=$FLAKEBOT_RUN_ID spdk=$SPDK_DIR extra=$EXTRA"\n'
-                           'echo "to stderr" >&2\nprintf "no newline at end"\nexit 1\n')
+                           'echo "to stderr" >&2\nsleep 0.1\nprintf "no newline at end"\nexit 1\n')
     ex = LocalExecutor(f"{job} --flag", spdk_dir="/opt/spdk", workdir=tmp_path / "w", env={"EXTRA": "x"})
     assert ex.slots() == 1
     h = ex.submit(req(tests=(NVME, "vfio_user_virtio_blk_restart_vm"), n=3))
@@ -71,12 +71,14 @@ def test_env_passed_and_log_captured(tmp_path):
     assert ex.submit(req()) == h  # idempotent on run_id
 
 
-def test_rc_zero_and_temp_workdir(tmp_path):
+def test_rc_zero_and_default_workdir_under_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     ex = LocalExecutor(str(script(tmp_path, "echo ok\n")), spdk_dir="/x")
     st = wait_done(ex, ex.submit(req("ok-run")))
     assert (st.state, st.rc) == (BuildState.DONE, 0)
     assert list(ex.console("ok-run")) == ["ok"]
-    assert ex.workdir.name.startswith("flakebot-local-")
+    assert ex.workdir == tmp_path / "xdg" / "flakebot" / "local"
+    assert sorted(p.name for p in ex.workdir.iterdir()) == [".lock", "ok-run.end", "ok-run.log", "ok-run.pid"]
 
 
 def test_timeout_kills_the_group(tmp_path):
