@@ -1,10 +1,15 @@
 """The `local` executor: a tiny script in tmp, then the host script + fake SPDK tree."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -201,3 +206,231 @@ def test_host_script_cancel_stops_the_test(tmp_path):
             break
         time.sleep(0.05)
     assert not pid_alive(pid)
+
+
+# ------------------------------------------------------------------ runs that outlive polls and restarts
+
+
+def slow_spdk_job(tmp: Path, ledger: Path, gate: Optional[Path] = None, rc: int = 0) -> Path:
+    """A host command that records its start and end (run id, pid) in `ledger`
+    and prints a realistic SPDK console log (flakebot.sim, plain as on a host
+    outside Jenkins, with the host script's iteration markers) a few lines at a
+    time. With `gate` it stops after the first iteration until that file exists."""
+    wait = f'[[ $gated ]] || while [[ ! -e {gate} ]]; do sleep 0.02; done; gated=1' if gate else ":"
+    return script(tmp, f"""
+echo "start $FLAKEBOT_RUN_ID $$" >> {ledger}
+n=0
+for t in $FLAKEBOT_TESTS; do
+    while IFS= read -r line; do
+        printf '%s\\n' "$line"
+        (( ++n % 40 )) || sleep 0.01
+        if [[ $line == FLAKEBOT-ITERATION-END* ]]; then {wait}; fi
+    done < <({sys.executable} -m flakebot.sim --test "$t" --commit "$FLAKEBOT_COMMIT" --fmt plain \\
+              --iterations "$FLAKEBOT_ITERATIONS" --run-id "$FLAKEBOT_RUN_ID" --markers --outcome pass)
+done
+echo "end $FLAKEBOT_RUN_ID $$" >> {ledger}
+exit {rc}
+""", name="slow-spdk.sh")
+
+
+def ledger_events(ledger: Path) -> list[tuple[str, str, int]]:
+    if not ledger.exists():
+        return []
+    return [(kind, rid, int(pid)) for kind, rid, pid in (l.split() for l in ledger.read_text().splitlines())]
+
+
+def assert_one_script_at_a_time(ledger: Path) -> None:
+    """Per run id, every start is followed by its own end before the next start."""
+    open_: dict[str, int] = {}
+    for kind, rid, pid in ledger_events(ledger):
+        if kind == "start":
+            assert rid not in open_, f"two host scripts for {rid}: pids {open_[rid]} and {pid}"
+            open_[rid] = pid
+        else:
+            assert open_.pop(rid) == pid
+
+
+def wait_for(cond, what: str, limit: float = 30.0):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def started(ledger: Path, n: int = 1):
+    wait_for(lambda: sum(e[0] == "start" for e in ledger_events(ledger)) >= n, "the host script to start")
+
+
+def test_dispatcher_follows_a_run_over_many_polls(tmp_path):
+    """The bug this guards: RUNNING carried the PID as external_id, the
+    dispatcher took it as the handle and the next poll answered LOST."""
+    from flakebot.dispatch import Dispatcher
+    from flakebot.model import Outcome
+    from flakebot.store import Store
+
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    ex = LocalExecutor(str(slow_spdk_job(tmp_path, ledger, gate)), spdk_dir="/x", workdir=tmp_path / "w")
+    polls_while_running = []
+
+    def sleep(_s):  # one call per round of polls that found the request still running
+        polls_while_running.append(1)
+        if len(polls_while_running) == 5:
+            gate.touch()
+        time.sleep(0.02)
+
+    with Store(tmp_path / "f.db") as store:
+        d = Dispatcher(store, ex, slow_threshold_s=60.0, poll_seconds=0.02, sleep=sleep)
+        d.submit(req("many-polls", tests=(NVME, "vfio_user_virtio_blk_restart_vm"), n=3))
+        (f,) = d.collect(wait=True)
+        assert len(polls_while_running) >= 5
+        assert (f.status.state, f.status.rc, f.status.external_id) == (BuildState.DONE, 0, "many-polls")
+        assert f.added == 6 and all(r.outcome is Outcome.PASS for r in f.runs)
+        (b,) = store.builds()
+        assert (b["status"], b["external_id"]) == ("ingested", "many-polls")
+        assert len(store.runs()) == 6
+    assert [e[0] for e in ledger_events(ledger)] == ["start", "end"]
+
+
+def test_a_restarted_flakebot_follows_the_same_script(tmp_path):
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    job = str(slow_spdk_job(tmp_path, ledger, gate, rc=3))
+    first = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
+    h = first.submit(req("again", n=2))
+    started(ledger)
+    assert first.poll(h).state is BuildState.RUNNING
+    del first  # what a killed flakebot leaves: the script and its files
+
+    second = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
+    assert second.reattach(req("again", n=2)) == h
+    st = second.poll(h)
+    assert (st.state, st.external_id) == (BuildState.RUNNING, h)
+    assert second.submit(req("again", n=2)) == h  # the same request: no second script
+    with pytest.raises(ExecutorError, match=r"busy with run again \(pid \d+"):
+        second.submit(req("other"))
+    wait_for(lambda: any(l.startswith("FLAKEBOT-ITERATION-END") for l in second.console(h)),
+             "the first iteration in the log")  # read as it grows
+    gate.touch()
+    st = wait_done(second, h)
+    assert (st.state, st.rc) == (BuildState.DONE, 3)
+    ends = [l for l in second.console(h) if l.startswith("FLAKEBOT-ITERATION-END")]
+    assert len(ends) == 2
+    assert [e[0] for e in ledger_events(ledger)] == ["start", "end"]
+
+
+def test_a_script_that_ended_while_flakebot_was_away_counts(tmp_path):
+    ledger = tmp_path / "ledger"
+    job = str(slow_spdk_job(tmp_path, ledger, rc=1))
+    LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w").submit(req("away"))
+    wait_for(lambda: (tmp_path / "w" / "away.end").exists(), "the script to end")
+    later = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
+    assert later.reattach(req("away")) == "away"
+    st = later.poll("away")
+    assert (st.state, st.rc) == (BuildState.DONE, 1) and st.host_minutes > 0
+    assert later.submit(req("away")) == "away"
+    assert [e[0] for e in ledger_events(ledger)] == ["start", "end"]
+
+
+def test_a_script_gone_without_an_end_is_run_again_never_beside_it(tmp_path):
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    job = str(slow_spdk_job(tmp_path, ledger, gate))
+    first = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
+    first.submit(req("gone"))
+    started(ledger)
+    pid = json.loads((tmp_path / "w" / "gone.pid").read_text())["pid"]
+    os.killpg(pid, signal.SIGKILL)  # the host lost it (OOM killer, an operator)
+    wait_for(lambda: not LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w").reattach(req("gone")),
+             "the group to be gone")
+    again = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
+    assert again.reattach(req("gone")) is None
+    gate.touch()
+    assert again.submit(req("gone")) == "gone"
+    assert wait_done(again, "gone").state is BuildState.DONE
+    assert [e[0] for e in ledger_events(ledger)] == ["start", "start", "end"]
+    first_pid = ledger_events(ledger)[0][2]
+    assert not pid_alive(first_pid)
+
+
+def test_a_recycled_pid_or_another_boot_is_not_the_run(tmp_path):
+    from flakebot.executors.local import boot_id, proc_stat
+
+    job = str(script(tmp_path, "echo ran >> " + str(tmp_path / "ran") + "\n"))
+    ex = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)  # leads its own group, as ours do
+    try:
+        ticks = proc_stat(other.pid).start_ticks
+        pid_file = tmp_path / "w" / "r1.pid"
+        for recorded, boot, ours in ((ticks, boot_id(), True), (ticks + 1, boot_id(), False),
+                                     (ticks, "another-boot", False)):
+            pid_file.write_text(json.dumps({"pid": other.pid, "start_ticks": recorded, "boot": boot}))
+            assert (ex.reattach(req()) == "r1") is ours
+        assert ex.poll("r1").state is BuildState.LOST
+        assert ex.submit(req()) == "r1"
+        assert wait_done(ex, "r1").state is BuildState.DONE
+        assert (tmp_path / "ran").read_text() == "ran\n"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_after_a_restart_cancel_and_timeout_stop_the_whole_group(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    job = str(script(tmp_path, f'sleep 300 & echo $! > {pidfile}\nwait\n'))
+    LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w").submit(req("c"))
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the child")
+    child = int(pidfile.read_text())
+    later = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
+    assert later.reattach(req("c")) == "c"
+    later.cancel("c")
+    assert later.poll("c").state is BuildState.LOST
+    wait_for(lambda: not pid_alive(child), "the child to die", limit=5)
+    assert later.reattach(req("c")) is None  # cancelled: run it again when asked
+
+    pidfile.unlink()
+    LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w").submit(req("t"))
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the child")
+    child = int(pidfile.read_text())
+    short = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w", timeout_s=0.5)
+    st = wait_done(short, "t")
+    assert (st.state, st.rc) == (BuildState.DONE, 124)
+    assert "timeout" in list(short.console("t"))[-1]
+    wait_for(lambda: not pid_alive(child), "the child to die", limit=5)
+
+
+def test_the_wrapper_runs_nothing_without_the_go_ahead(tmp_path):
+    """flakebot killed between starting the wrapper and recording its pid: the
+    wrapper reads EOF instead of the go-ahead and never starts the command."""
+    from flakebot.executors.local import _WRAPPER
+
+    marker = tmp_path / "ran"
+    job = script(tmp_path, f"touch {marker}\n")
+    r, w = os.pipe()
+    p = subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "flakebot-local", str(tmp_path / "x"), str(job)], stdin=r)
+    os.close(r)
+    os.close(w)
+    assert p.wait(10) == 125
+    assert not marker.exists() and not (tmp_path / "x.end").exists()
+
+
+def test_finished_logs_are_kept_by_count_and_by_age(tmp_path):
+    w = tmp_path / "w"
+    job = str(script(tmp_path, 'echo "$FLAKEBOT_RUN_ID"\n'))
+
+    def age(rid: str, seconds: float) -> None:
+        for kind in ("log", "pid", "end"):
+            os.utime(w / f"{rid}.{kind}", (time.time() - seconds,) * 2)
+
+    ex = LocalExecutor(job, spdk_dir="/x", workdir=w, keep_logs=2, keep_days=30)
+    for i in range(1, 5):
+        wait_done(ex, ex.submit(req(f"k{i}")))
+        age(f"k{i}", 100 - i)  # distinct ages, k4 the newest
+    # at k4's start, k1 was the third-newest finished run
+    assert sorted(p.name for p in w.glob("*.log")) == ["k2.log", "k3.log", "k4.log"]
+    assert list(ex.console("k1")) == [] and ex.poll("k1").state is BuildState.LOST
+
+    by_age = LocalExecutor(job, spdk_dir="/x", workdir=w, keep_logs=100, keep_days=30)
+    age("k2", 31 * 86400)
+    wait_done(by_age, by_age.submit(req("k5")))
+    assert sorted(p.name for p in w.iterdir()) == [
+        ".lock", "k3.end", "k3.log", "k3.pid", "k4.end", "k4.log", "k4.pid", "k5.end", "k5.log", "k5.pid"]

@@ -118,14 +118,31 @@ def uptime_s() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
 
-def proc_stat(pid: int) -> Optional[tuple[str, int]]:
-    """(state letter, start time in clock ticks since boot) of `pid`, or None."""
+@dataclass(frozen=True)
+class ProcStat:
+    state: str  # "Z": a zombie, dead but not yet reaped
+    pgrp: int
+    start_ticks: int  # clock ticks since boot
+
+
+def proc_stat(pid: int | str) -> Optional[ProcStat]:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = text.rsplit(")", 1)[1].split()  # the name may hold spaces and ')'
-    return fields[0], int(fields[19])
+    return ProcStat(fields[0], int(fields[2]), int(fields[19]))
+
+
+def group_has_live_members(pgid: int) -> bool:
+    """Whether a process other than a zombie is in group `pgid` (kill(-pgid, 0)
+    also succeeds for a group of zombies only)."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            st = proc_stat(entry.name)
+            if st is not None and st.pgrp == pgid and st.state != "Z":
+                return True
+    return False
 
 
 _HZ = os.sysconf("SC_CLK_TCK")
@@ -150,17 +167,13 @@ class Leader:
             return False
         st = proc_stat(self.pid)
         if st is not None:
-            if st[1] != self.start_ticks:
+            if st.start_ticks != self.start_ticks:
                 return False
-            if st[0] != "Z":
+            if st.state != "Z":
                 return True
         # The leader is gone (or a zombie): members of its group may remain,
         # and the kernel never reuses a pid that is still some group's id.
-        try:
-            os.killpg(self.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return group_has_live_members(self.pid)
 
 
 @dataclass(frozen=True)
@@ -395,7 +408,7 @@ class LocalExecutor:
             if st is None:
                 raise ExecutorError(f"local executor: {self.argv[0]} vanished as it started")
             self._write_atomic(self._path(handle, "pid"), json.dumps(
-                {"pid": popen.pid, "start_ticks": st[1], "boot": boot_id(), "run_id": handle,
+                {"pid": popen.pid, "start_ticks": st.start_ticks, "boot": boot_id(), "run_id": handle,
                  "argv": self.argv}) + "\n")
             os.write(go_w, b"go\n")
         finally:
