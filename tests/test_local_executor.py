@@ -211,26 +211,39 @@ def test_host_script_cancel_stops_the_test(tmp_path):
 # ------------------------------------------------------------------ runs that outlive polls and restarts
 
 
-def slow_spdk_job(tmp: Path, ledger: Path, gate: Optional[Path] = None, rc: int = 0) -> Path:
+def spdk_job(tmp: Path, ledger: Path, *, pause: float = 0.01, sim_args: str = "--outcome pass", rc: int = 0,
+             gates: Optional[Path] = None, wait_until_polled: Optional[Path] = None) -> Path:
     """A host command that records its start and end (run id, pid) in `ledger`
     and prints a realistic SPDK console log (flakebot.sim, plain as on a host
-    outside Jenkins, with the host script's iteration markers) a few lines at a
-    time. With `gate` it stops after the first iteration until that file exists."""
-    wait = f'[[ $gated ]] || while [[ ! -e {gate} ]]; do sleep 0.02; done; gated=1' if gate else ":"
+    outside Jenkins, with the host script's iteration markers), pausing `pause`
+    seconds every 40 lines; `sim_args` go to flakebot.sim. With `wait_until_polled`
+    (a database) the first line waits until flakebot has stored the build as
+    running, i.e. has polled it while it ran. With `gates` (a directory) it
+    stops after the first iteration until gates/<run id> or gates/all exists."""
+    held = ":"
+    if gates is not None:
+        held = (f'[[ $line != FLAKEBOT-ITERATION-END* ]] || until [[ -e {gates}/$FLAKEBOT_RUN_ID || '
+                f'-e {gates}/all ]]; do sleep 0.02; done')
+    polled = ":"
+    if wait_until_polled is not None:
+        polled = (f'until {sys.executable} -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); '
+                  f'sys.exit(not c.execute(\\"SELECT 1 FROM builds WHERE run_id=? AND status=\'running\'\\", '
+                  f'(sys.argv[2],)).fetchone())" {wait_until_polled} "$FLAKEBOT_RUN_ID"; do sleep 0.05; done')
     return script(tmp, f"""
 echo "start $FLAKEBOT_RUN_ID $$" >> {ledger}
 n=0
 for t in $FLAKEBOT_TESTS; do
     while IFS= read -r line; do
         printf '%s\\n' "$line"
-        (( ++n % 40 )) || sleep 0.01
-        if [[ $line == FLAKEBOT-ITERATION-END* ]]; then {wait}; fi
+        (( n++ )) || {polled}
+        (( n % 40 )) || sleep {pause}
+        {held}
     done < <({sys.executable} -m flakebot.sim --test "$t" --commit "$FLAKEBOT_COMMIT" --fmt plain \\
-              --iterations "$FLAKEBOT_ITERATIONS" --run-id "$FLAKEBOT_RUN_ID" --markers --outcome pass)
+              --iterations "$FLAKEBOT_ITERATIONS" --run-id "$FLAKEBOT_RUN_ID" --markers {sim_args})
 done
 echo "end $FLAKEBOT_RUN_ID $$" >> {ledger}
 exit {rc}
-""", name="slow-spdk.sh")
+""", name="spdk-job.sh")
 
 
 def ledger_events(ledger: Path) -> list[tuple[str, str, int]]:
@@ -270,14 +283,15 @@ def test_dispatcher_follows_a_run_over_many_polls(tmp_path):
     from flakebot.model import Outcome
     from flakebot.store import Store
 
-    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
-    ex = LocalExecutor(str(slow_spdk_job(tmp_path, ledger, gate)), spdk_dir="/x", workdir=tmp_path / "w")
+    ledger, gates = tmp_path / "ledger", tmp_path / "gates"
+    gates.mkdir()
+    ex = LocalExecutor(str(spdk_job(tmp_path, ledger, gates=gates)), spdk_dir="/x", workdir=tmp_path / "w")
     polls_while_running = []
 
     def sleep(_s):  # one call per round of polls that found the request still running
         polls_while_running.append(1)
         if len(polls_while_running) == 5:
-            gate.touch()
+            (gates / "all").touch()
         time.sleep(0.02)
 
     with Store(tmp_path / "f.db") as store:
@@ -294,8 +308,9 @@ def test_dispatcher_follows_a_run_over_many_polls(tmp_path):
 
 
 def test_a_restarted_flakebot_follows_the_same_script(tmp_path):
-    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
-    job = str(slow_spdk_job(tmp_path, ledger, gate, rc=3))
+    ledger, gates = tmp_path / "ledger", tmp_path / "gates"
+    gates.mkdir()
+    job = str(spdk_job(tmp_path, ledger, gates=gates, rc=3))
     first = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
     h = first.submit(req("again", n=2))
     started(ledger)
@@ -311,7 +326,7 @@ def test_a_restarted_flakebot_follows_the_same_script(tmp_path):
         second.submit(req("other"))
     wait_for(lambda: any(l.startswith("FLAKEBOT-ITERATION-END") for l in second.console(h)),
              "the first iteration in the log")  # read as it grows
-    gate.touch()
+    (gates / "all").touch()
     st = wait_done(second, h)
     assert (st.state, st.rc) == (BuildState.DONE, 3)
     ends = [l for l in second.console(h) if l.startswith("FLAKEBOT-ITERATION-END")]
@@ -321,7 +336,7 @@ def test_a_restarted_flakebot_follows_the_same_script(tmp_path):
 
 def test_a_script_that_ended_while_flakebot_was_away_counts(tmp_path):
     ledger = tmp_path / "ledger"
-    job = str(slow_spdk_job(tmp_path, ledger, rc=1))
+    job = str(spdk_job(tmp_path, ledger, rc=1))
     LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w").submit(req("away"))
     wait_for(lambda: (tmp_path / "w" / "away.end").exists(), "the script to end")
     later = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
@@ -333,8 +348,9 @@ def test_a_script_that_ended_while_flakebot_was_away_counts(tmp_path):
 
 
 def test_a_script_gone_without_an_end_is_run_again_never_beside_it(tmp_path):
-    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
-    job = str(slow_spdk_job(tmp_path, ledger, gate))
+    ledger, gates = tmp_path / "ledger", tmp_path / "gates"
+    gates.mkdir()
+    job = str(spdk_job(tmp_path, ledger, gates=gates))
     first = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
     first.submit(req("gone"))
     started(ledger)
@@ -344,7 +360,7 @@ def test_a_script_gone_without_an_end_is_run_again_never_beside_it(tmp_path):
              "the group to be gone")
     again = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")
     assert again.reattach(req("gone")) is None
-    gate.touch()
+    (gates / "all").touch()
     assert again.submit(req("gone")) == "gone"
     assert wait_done(again, "gone").state is BuildState.DONE
     assert [e[0] for e in ledger_events(ledger)] == ["start", "start", "end"]
@@ -434,3 +450,105 @@ def test_finished_logs_are_kept_by_count_and_by_age(tmp_path):
     wait_done(by_age, by_age.submit(req("k5")))
     assert sorted(p.name for p in w.iterdir()) == [
         ".lock", "k3.end", "k3.log", "k3.pid", "k4.end", "k4.log", "k4.pid", "k5.end", "k5.log", "k5.pid"]
+
+
+# ------------------------------------------------------------------ the real CLI, killed and resumed
+
+
+def cli_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp / "xdg"))
+    env.pop("FLAKEBOT_CONFIG", None)
+    return env
+
+
+def local_config(tmp: Path) -> Path:
+    cfg = tmp / "flakebot.toml"
+    cfg.write_text(f'[executor]\nlocal_workdir = "{tmp / "w"}"\nlocal_poll_seconds = 0.1\n')
+    return cfg
+
+
+def test_flakebot_run_stores_real_runs_of_a_slow_host_command(tmp_path):
+    from flakebot.model import Outcome
+    from flakebot.sim import Behaviour, truths
+    from flakebot.store import Store
+
+    db, ledger = tmp_path / "f.db", tmp_path / "ledger"
+    job = spdk_job(tmp_path, ledger, pause=0.02, sim_args="--p-hang 0.4 --p-near-miss 0.3 --seed 5",
+                   wait_until_polled=db)
+    r = subprocess.run([sys.executable, "-m", "flakebot", "--config", str(local_config(tmp_path)), "run",
+                        "--commit", SHA, "--test", NVME, "--iterations", "6", "--db", str(db),
+                        "--executor", "local", "--command", str(job), "--json"],
+                       env=dict(cli_env(tmp_path), SPDK_DIR="/x"), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    with Store(db) as store:
+        (b,) = store.builds()
+        assert (b["status"], b["external_id"], b["rc"]) == ("ingested", b["run_id"], 0)
+        stored = [(x["iteration"], x["outcome"]) for x in sorted(store.runs(), key=lambda x: x["iteration"])]
+    expected = truths(NVME, SHA, 6, behaviour=Behaviour(0.4, 0.3), rng_seed=5, fmt="plain", markers=True,
+                      run_id=b["run_id"])
+    assert stored == [(t.iteration, t.outcome.value) for t in expected]
+    assert {o for _, o in stored} >= {Outcome.TIMEOUT.value, Outcome.PASS.value}
+    assert Outcome.INFRA.value not in {o for _, o in stored}
+    assert not list(tmp_path.glob("flakebot-local-*")) and (tmp_path / "w" / f"{b['run_id']}.log").is_file()
+
+
+def test_killed_flakebot_resumes_without_a_second_host_script(tmp_path):
+    """SIGKILL `flakebot bisect` while its second host script runs; the script
+    is held until the resumed flakebot has polled its build, so a resume that
+    started the request again would run two scripts with one run id."""
+    import sqlite3
+
+    from flakebot.demo_repo import build_demo_repo
+    from flakebot.store import Store
+
+    demo = build_demo_repo(tmp_path / "spdk", n_commits=20, seed=1)
+    db, ledger, gates = tmp_path / "f.db", tmp_path / "ledger", tmp_path / "gates"
+    gates.mkdir()
+    job = spdk_job(tmp_path, ledger, gates=gates)
+    common = [sys.executable, "-m", "flakebot", "--config", str(local_config(tmp_path)), "bisect"]
+    tail = ["--repo", str(demo.path), "--db", str(db), "--executor", "local", "--command", str(job), "--json"]
+    first = subprocess.Popen([*common, "--good", demo.good, "--bad", demo.tip, "--test", NVME, "--max-runs", "6",
+                              *tail], env=cli_env(tmp_path), cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        started(ledger, 1)
+        (gates / ledger_events(ledger)[0][1]).touch()  # the first request runs through
+        started(ledger, 2)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    (_, orphan_rid, orphan_pid) = ledger_events(ledger)[-1]
+    assert pid_alive(orphan_pid)  # the script outlives the flakebot that started it
+    with Store(db) as store:
+        (camp,) = store.campaigns()
+
+    def polled_since_resume() -> bool:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT host FROM builds WHERE run_id = ?", (orphan_rid,)).fetchone()[0] is not None
+
+    with sqlite3.connect(db) as c:  # cleared here, written again by the resumed flakebot's first poll
+        c.execute("UPDATE builds SET host = NULL WHERE run_id = ?", (orphan_rid,))
+    resumed = subprocess.Popen([*common, "--resume", str(camp["id"]), *tail], env=cli_env(tmp_path), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: polled_since_resume() or resumed.poll() is not None, "the resumed flakebot to poll", 120)
+        (gates / "all").touch()
+        _, err = resumed.communicate(timeout=300)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode in (0, 3), err
+    assert_one_script_at_a_time(ledger)
+    starts = [rid for kind, rid, _ in ledger_events(ledger) if kind == "start"]
+    assert len(starts) == len(set(starts)) and orphan_rid in starts  # followed again, not run again
+    with Store(db) as store:
+        builds = store.builds()
+        assert [b["run_id"] for b in builds] == starts
+        assert all(b["status"] == "ingested" for b in builds)
+        runs = store.runs()
+        assert len(runs) == sum(b["iterations"] for b in builds)  # stored once each
+        assert {x["outcome"] for x in runs} == {"pass"}
+        assert store.campaigns()[0]["status"] != "open"
