@@ -10,7 +10,8 @@ evidence:
 
 A request is written to the store before it is submitted, so a process killed
 at any point can find it again (`resume`): the executor reattaches to it when
-it can (Jenkins), otherwise the same request (same run_id) is submitted again;
+it can (Jenkins; local, by the run id's pid file), otherwise the same request
+(same run_id) is submitted again;
 the store's ingestion is idempotent, so no finished run is counted twice.
 """
 from __future__ import annotations

@@ -552,3 +552,12 @@ def test_killed_flakebot_resumes_without_a_second_host_script(tmp_path):
         assert len(runs) == sum(b["iterations"] for b in builds)  # stored once each
         assert {x["outcome"] for x in runs} == {"pass"}
         assert store.campaigns()[0]["status"] != "open"
+
+
+def test_what_a_finished_script_leaves_running_is_stopped(tmp_path):
+    pidfile = tmp_path / "straggler.pid"
+    ex = LocalExecutor(str(script(tmp_path, f"sleep 300 & echo $! > {pidfile}\nexit 0\n")), spdk_dir="/x",
+                       workdir=tmp_path / "w")
+    st = wait_done(ex, ex.submit(req()))
+    assert (st.state, st.rc) == (BuildState.DONE, 0)
+    assert not pid_alive(int(pidfile.read_text()))

@@ -134,15 +134,16 @@ def proc_stat(pid: int | str) -> Optional[ProcStat]:
     return ProcStat(fields[0], int(fields[2]), int(fields[19]))
 
 
-def group_has_live_members(pgid: int) -> bool:
-    """Whether a process other than a zombie is in group `pgid` (kill(-pgid, 0)
-    also succeeds for a group of zombies only)."""
+def live_groups() -> frozenset[int]:
+    """Process groups with a member that is not a zombie (kill(-pgid, 0) also
+    succeeds for a group of zombies only). One pass over /proc."""
+    groups = set()
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             st = proc_stat(entry.name)
-            if st is not None and st.pgrp == pgid and st.state != "Z":
-                return True
-    return False
+            if st is not None and st.state != "Z":
+                groups.add(st.pgrp)
+    return frozenset(groups)
 
 
 _HZ = os.sysconf("SC_CLK_TCK")
@@ -160,9 +161,10 @@ class Leader:
     def start_s(self) -> float:
         return self.start_ticks / _HZ
 
-    def is_running(self) -> bool:
+    def is_running(self, groups: Optional[frozenset[int]] = None) -> bool:
         """Whether anything of the run's process group is still alive. A pid
-        whose start time differs is another process: ours is gone."""
+        whose start time differs is another process: ours is gone. `groups`:
+        live_groups() when the caller checks many runs at once."""
         if self.boot != boot_id():
             return False
         st = proc_stat(self.pid)
@@ -173,7 +175,7 @@ class Leader:
                 return True
         # The leader is gone (or a zombie): members of its group may remain,
         # and the kernel never reuses a pid that is still some group's id.
-        return group_has_live_members(self.pid)
+        return self.pid in (live_groups() if groups is None else groups)
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,8 @@ class LocalExecutor:
     ):
         """`spdk_dir` defaults to $SPDK_DIR; `env` adds variables (e.g. VM_IMAGE);
         `workdir` defaults to <data dir>/local; `keep_days` 0 = no age limit."""
+        if not Path("/proc/self/stat").is_file():
+            raise ExecutorError("local executor: needs Linux /proc to follow its runs")
         self.argv = resolve_command(command)
         spdk_dir = spdk_dir or os.environ.get("SPDK_DIR")
         if not spdk_dir:
@@ -398,6 +402,7 @@ class LocalExecutor:
                 )
         except OSError as e:
             os.close(go_w)
+            self._path(handle, "log").unlink(missing_ok=True)
             raise ExecutorError(f"local executor: cannot start {self.argv[0]}: {e.strerror}") from None
         finally:
             os.close(go_r)
@@ -444,13 +449,13 @@ class LocalExecutor:
                 time.sleep(self.poll_interval_s)
 
     def _running_other_than(self, handle: str) -> Optional[tuple[str, Leader]]:
+        for rid in list(self._children):
+            self._reap(rid)
+        groups = live_groups()
         for pid_file in self.workdir.glob("*.pid"):
             rid = pid_file.name[: -len(".pid")]
-            if rid == handle:
-                continue
-            self._reap(rid)
             leader = self._leader(rid)
-            if leader is not None and self._end(rid) is None and leader.is_running():
+            if rid != handle and leader is not None and self._end(rid) is None and leader.is_running(groups):
                 return rid, leader
         return None
 
@@ -458,12 +463,13 @@ class LocalExecutor:
         """Remove the files of ended runs beyond the newest keep_logs, or older
         than keep_days. Runs still going are never touched."""
         ended = []
+        groups = live_groups()
         for pid_file in self.workdir.glob("*.pid"):
             rid = pid_file.name[: -len(".pid")]
             if rid == keep or rid in self._children:
                 continue
             leader = self._leader(rid)
-            if leader is not None and leader.is_running():
+            if leader is not None and leader.is_running(groups):
                 continue
             try:
                 mtime = max(p.stat().st_mtime for p in (pid_file, self._path(rid, "log"), self._path(rid, "end"))
