@@ -229,7 +229,7 @@ class LocalExecutor:
             raise ExecutorError(f"local executor: cannot create work directory {self.workdir}: {e.strerror}") from None
         self.extra_env = dict(env or {})
         self.host = socket.gethostname()
-        self.poll_interval_s = poll_interval_s  # only for `wait` and for stopping a group
+        self.poll_interval_s = poll_interval_s  # while waiting for a stopped group to go
         self._children: dict[str, subprocess.Popen] = {}  # runs this process started (to reap)
 
     # ------------------------------------------------------------------ interface
@@ -298,15 +298,6 @@ class LocalExecutor:
             return
         self._stop_group(handle, leader)
         self._write_end(handle, None)
-
-    def wait(self, handle: str, timeout_s: Optional[float] = None) -> BuildStatus:
-        """Block until the request ends (for the CLI and tests; the campaign polls)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            status = self.poll(handle)
-            if status.state is not BuildState.RUNNING or (deadline and time.monotonic() >= deadline):
-                return status
-            time.sleep(self.poll_interval_s)
 
     # ------------------------------------------------------------------ files
     def _path(self, handle: str, kind: str) -> Path:
@@ -440,6 +431,8 @@ class LocalExecutor:
             try:
                 os.killpg(leader.pid, sig)
             except ProcessLookupError:
+                return
+            except PermissionError:  # only members we may not signal (e.g. under sudo): theirs to end
                 return
             deadline = time.monotonic() + KILL_GRACE_S
             while time.monotonic() < deadline:
