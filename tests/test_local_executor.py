@@ -369,7 +369,7 @@ def test_a_script_gone_without_an_end_is_run_again_never_beside_it(tmp_path):
 
 
 def test_a_recycled_pid_or_another_boot_is_not_the_run(tmp_path):
-    from flakebot.executors.local import boot_id, proc_stat
+    from flakebot.executors.procs import boot_id, proc_stat
 
     job = str(script(tmp_path, "echo ran >> " + str(tmp_path / "ran") + "\n"))
     ex = LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w")

@@ -29,8 +29,10 @@ gone without an end file -> None, so the same request is run again (never
 beside the old one: looking and launching happen under one lock on the work
 directory).
 
-A timed-out request is DONE with rc 124 (as coreutils `timeout`) and a last
-log line saying so; a cancelled one is LOST. Finished runs' files are removed
+A timed-out request (counted from the script's start, so across restarts too)
+is DONE with rc 124 (as coreutils `timeout`) and a last log line saying so; a
+cancelled one is LOST. What a finished script leaves running in its group is
+stopped. Finished runs' files are removed
 when a new request starts, beyond the newest `keep_logs` or older than
 `keep_days` days.
 """
@@ -53,6 +55,7 @@ from typing import Iterator, Mapping, Optional
 
 from flakebot.config import default_data_dir
 from flakebot.executors.base import ExecutorError
+from flakebot.executors.procs import Leader, boot_id, live_groups, proc_stat, uptime_s
 from flakebot.model import BuildState, BuildStatus, RunRequest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -104,78 +107,6 @@ def resolve_command(command: str) -> list[str]:
     if not os.access(found, os.X_OK):
         raise ExecutorError(f"local executor: command not executable: {found}")
     return [found, *argv[1:]]
-
-
-# ---------------------------------------------------------------------- /proc
-
-
-def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
-def uptime_s() -> float:
-    """Seconds since boot: the clock process start times are counted in."""
-    return float(Path("/proc/uptime").read_text().split()[0])
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    state: str  # "Z": a zombie, dead but not yet reaped
-    pgrp: int
-    start_ticks: int  # clock ticks since boot
-
-
-def proc_stat(pid: int | str) -> Optional[ProcStat]:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # the name may hold spaces and ')'
-    return ProcStat(fields[0], int(fields[2]), int(fields[19]))
-
-
-def live_groups() -> frozenset[int]:
-    """Process groups with a member that is not a zombie (kill(-pgid, 0) also
-    succeeds for a group of zombies only). One pass over /proc."""
-    groups = set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            st = proc_stat(entry.name)
-            if st is not None and st.state != "Z":
-                groups.add(st.pgrp)
-    return frozenset(groups)
-
-
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Leader:
-    """The process that leads a run's group, as recorded in <run_id>.pid."""
-
-    pid: int
-    start_ticks: int
-    boot: str
-
-    @property
-    def start_s(self) -> float:
-        return self.start_ticks / _HZ
-
-    def is_running(self, groups: Optional[frozenset[int]] = None) -> bool:
-        """Whether anything of the run's process group is still alive. A pid
-        whose start time differs is another process: ours is gone. `groups`:
-        live_groups() when the caller checks many runs at once."""
-        if self.boot != boot_id():
-            return False
-        st = proc_stat(self.pid)
-        if st is not None:
-            if st.start_ticks != self.start_ticks:
-                return False
-            if st.state != "Z":
-                return True
-        # The leader is gone (or a zombie): members of its group may remain,
-        # and the kernel never reuses a pid that is still some group's id.
-        return self.pid in (live_groups() if groups is None else groups)
 
 
 @dataclass(frozen=True)
