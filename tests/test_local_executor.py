@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -561,3 +562,14 @@ def test_what_a_finished_script_leaves_running_is_stopped(tmp_path):
     st = wait_done(ex, ex.submit(req()))
     assert (st.state, st.rc) == (BuildState.DONE, 0)
     assert not pid_alive(int(pidfile.read_text()))
+
+
+def test_the_wrapper_is_shellcheck_clean(tmp_path):
+    from flakebot.executors.local import _WRAPPER
+
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (CI installs it)")
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text("#!/bin/sh\n" + _WRAPPER)
+    p = subprocess.run(["shellcheck", "-s", "sh", str(wrapper)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout

@@ -72,7 +72,7 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # instead of a line means flakebot died before recording us: run nothing.
 _WRAPPER = r'''run=$1
 shift
-IFS= read -r go || exit 125
+IFS= read -r _ || exit 125
 exec </dev/null
 "$@"
 rc=$?
