@@ -1,4 +1,7 @@
-"""The `local` executor: a tiny script in tmp, then the host script + fake SPDK tree."""
+"""The `local` executor: tiny scripts in tmp; commands that print a realistic
+SPDK log over many polls; flakebot restarted (and SIGKILLed, as a real process)
+while a command runs, never two host scripts with one run id; log retention;
+then the host script + fake SPDK tree."""
 from __future__ import annotations
 
 import json
@@ -573,3 +576,23 @@ def test_the_wrapper_is_shellcheck_clean(tmp_path):
     wrapper.write_text("#!/bin/sh\n" + _WRAPPER)
     p = subprocess.run(["shellcheck", "-s", "sh", str(wrapper)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout
+
+
+def test_abort_after_a_restart_stops_the_script_a_killed_flakebot_left(tmp_path):
+    """`bisect --abort` after a kill: resume without resubmitting, then cancel."""
+    from flakebot.dispatch import Dispatcher
+    from flakebot.store import Store
+
+    ledger, gates = tmp_path / "ledger", tmp_path / "gates"
+    gates.mkdir()
+    job = str(spdk_job(tmp_path, ledger, gates=gates))
+    with Store(tmp_path / "f.db") as store:
+        Dispatcher(store, LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w"),
+                   slow_threshold_s=60.0).submit(req("left"))
+        started(ledger)
+        pid = ledger_events(ledger)[0][2]
+        later = Dispatcher(store, LocalExecutor(job, spdk_dir="/x", workdir=tmp_path / "w"), slow_threshold_s=60.0)
+        assert later.resume(resubmit=False) == 1
+        later.cancel_all()
+        wait_for(lambda: not pid_alive(pid), "the script to stop", limit=10)
+        assert [e[0] for e in ledger_events(ledger)] == ["start"]
