@@ -242,7 +242,7 @@ for t in $FLAKEBOT_TESTS; do
         (( n++ )) || {polled}
         (( n % 40 )) || sleep {pause}
         {held}
-    done < <({sys.executable} -m flakebot.sim --test "$t" --commit "$FLAKEBOT_COMMIT" --fmt plain \\
+    done < <(PYTHONPATH={ROOT} {sys.executable} -m flakebot.sim --test "$t" --commit "$FLAKEBOT_COMMIT" --fmt plain \\
               --iterations "$FLAKEBOT_ITERATIONS" --run-id "$FLAKEBOT_RUN_ID" --markers {sim_args})
 done
 echo "end $FLAKEBOT_RUN_ID $$" >> {ledger}
@@ -460,7 +460,7 @@ def test_finished_logs_are_kept_by_count_and_by_age(tmp_path):
 
 
 def cli_env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ, XDG_DATA_HOME=str(tmp / "xdg"))
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp / "xdg"), PYTHONPATH=str(ROOT))
     env.pop("FLAKEBOT_CONFIG", None)
     return env
 
