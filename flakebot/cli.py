@@ -231,9 +231,9 @@ def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool) -> dict:
         try:
             return camp.run()
         except KeyboardInterrupt:
-            if not hasattr(ex, "reattach"):
-                # A local run cannot be found again after we exit: stop it now
-                # rather than leave it running beside the resumed one.
+            if not hasattr(ex, "reattach") or getattr(ex, "stop_on_interrupt", False):
+                # A local run holds this host's VMs: stop it rather than leave it
+                # unwatched (--resume runs it again; a killed flakebot reattaches).
                 camp.dispatcher.cancel_all()
             err.print(f"interrupted; every finished run is stored. Continue with: flakebot bisect --resume {cid}")
             raise SystemExit(130)

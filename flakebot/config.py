@@ -55,7 +55,7 @@ GERRIT_NOTIFY = ("NONE", "OWNER", "OWNER_REVIEWERS", "ALL")
 
 # Config keys that may point at files; relative values in a file are taken
 # relative to that file's directory, and `~` is expanded.
-PATH_KEYS = ("store.db", "spdk.repo", "executor.spdk_dir", "report.dir")
+PATH_KEYS = ("store.db", "spdk.repo", "executor.spdk_dir", "executor.local_workdir", "report.dir")
 
 # CLI flags that override config keys (flag name -> dotted key).
 CLI_OVERRIDES: dict[str, str] = {
@@ -474,6 +474,14 @@ class ExecutorConfig:
                               "(the bisection's cost model; the sim's build time).")
     run_minutes: float = _k(2.0, Num(0, lo_open=True), "Estimated host minutes for one test iteration "
                             "(cost model; the sim's run time).")
+    local_workdir: str = _k("", Str(), "Where the local executor keeps each run's console log, pid file "
+                            "and exit status (found again after a restart); empty = <data dir>/local.")
+    local_keep_logs: int = _k(20, Int(0, 100_000), "Finished local runs whose console logs are kept; older "
+                              "ones are removed when a new run starts.")
+    local_keep_days: float = _k(30.0, Num(0), "Days a finished local run's console log is kept at most; "
+                                "0 = no age limit.")
+    local_poll_seconds: float = _k(2.0, Num(0, 3600, lo_open=True), "Seconds between checks on a "
+                                   "running local host script.")
 
 
 @dataclass(frozen=True)
@@ -719,6 +727,11 @@ class Config:
 
     def report_dir(self) -> Path:
         return Path(self.report.dir) if self.report.dir else default_data_dir(self._environ()) / "reports"
+
+    def local_workdir(self) -> Path:
+        """executor.local_workdir, or <data dir>/local."""
+        d = self.executor.local_workdir
+        return Path(d) if d else default_data_dir(self._environ()) / "local"
 
     def spdk_dir(self) -> Optional[Path]:
         """Where the host script builds SPDK: executor.spdk_dir, else spdk.repo, else None."""

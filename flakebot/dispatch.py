@@ -10,7 +10,8 @@ evidence:
 
 A request is written to the store before it is submitted, so a process killed
 at any point can find it again (`resume`): the executor reattaches to it when
-it can (Jenkins), otherwise the same request (same run_id) is submitted again;
+it can (Jenkins; local, by the run id's pid file), otherwise the same request
+(same run_id) is submitted again;
 the store's ingestion is idempotent, so no finished run is counted twice.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class InFlight:
     request: RunRequest
     handle: str
     resubmits: int = 0
+    last_seen: tuple = ()  # (state, external_id, host, url) last written to the store
 
 
 MAX_RESUBMITS = 3  # a queue item cancelled before it ran is sent again, a few times
@@ -167,10 +169,13 @@ class Dispatcher:
 
     def _note_progress(self, item: InFlight, status: BuildStatus) -> None:
         # Record build numbers and hosts as soon as they appear: a Jenkins
-        # queue item expires minutes after it leaves the queue.
+        # queue item expires minutes after it leaves the queue. external_id is
+        # a handle by contract (executors/base.py), so it is followed from now on.
         if status.external_id and status.external_id != item.handle:
             item.handle = status.external_id
-        if status.external_id or status.host or status.url:
+        seen = (status.state, status.external_id, status.host, status.url)
+        if seen != item.last_seen and (status.external_id or status.host or status.url):
+            item.last_seen = seen  # a run of hours is polled thousands of times: write changes only
             self.store.update_build(item.build_id, status=status.state.value,
                                     external_id=status.external_id, host=status.host, url=status.url)
 

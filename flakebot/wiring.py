@@ -78,7 +78,8 @@ def build_executor(cfg: Config) -> Executor:
     if name == "local":
         return make_executor("local", command=cfg.executor.command,
                              spdk_dir=cfg.executor.spdk_dir or cfg.spdk.repo or None,
-                             timeout_s=cfg.executor.timeout_minutes * 60.0)
+                             timeout_s=cfg.executor.timeout_minutes * 60.0, workdir=cfg.local_workdir(),
+                             keep_logs=cfg.executor.local_keep_logs, keep_days=cfg.executor.local_keep_days)
     if name == "jenkins":
         j = cfg.jenkins
         return make_executor("jenkins", url=j.url, user=j.user, token=cfg.secret("jenkins.token_env") or "",
@@ -88,7 +89,7 @@ def build_executor(cfg: Config) -> Executor:
 
 
 def poll_seconds(cfg: Config) -> float:
-    return {"sim": 0.0, "local": 2.0}.get(cfg.executor.name, cfg.jenkins.poll_seconds)
+    return {"sim": 0.0, "local": cfg.executor.local_poll_seconds}.get(cfg.executor.name, cfg.jenkins.poll_seconds)
 
 
 __all__ = ["InputError", "HistoryError", "open_store", "open_existing_store", "open_history", "check_tests", "resolve_commit",

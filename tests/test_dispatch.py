@@ -1,9 +1,12 @@
 """Dispatcher: every requested iteration is accounted for, a queue item
-cancelled before it ran is sent again, and nothing is ingested twice."""
+cancelled before it ran is sent again, a request outliving many polls is
+followed by the handle its executor gives, and nothing is ingested twice."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
+import pytest
 
 from flakebot.dispatch import Dispatcher, complete_runs
 from flakebot.executors.sim import SimExecutor
@@ -92,3 +95,69 @@ def test_resume_reuses_the_request_and_ingests_once(tmp_path):
         d2.collect(wait=True)
         assert len(store.runs()) == 3
         assert store.builds()[0]["run_id"] == "r1"
+
+
+class StrictSlowExecutor(SimExecutor):
+    """Runs each request for `polls` polls. Answers LOST for any handle it did
+    not issue (as a real backend would); with `moves`, the handle changes on
+    the first poll (a Jenkins queue item becoming a build)."""
+
+    def __init__(self, polls: int, moves: bool = False):
+        super().__init__(hosts=1)
+        self.polls, self.moves = polls, moves
+        self.valid: dict[str, str] = {}  # handle -> sim handle
+        self.seen: dict[str, int] = {}
+        self.polled_handles: list[str] = []
+
+    def submit(self, request):
+        inner = super().submit(request)
+        self.valid[f"queue:{inner}"] = inner
+        self.seen[inner] = 0
+        return f"queue:{inner}"
+
+    def poll(self, handle):
+        self.polled_handles.append(handle)
+        inner = self.valid.get(handle)
+        if inner is None:
+            return BuildStatus(BuildState.LOST, external_id=handle)
+        self.seen[inner] += 1
+        if self.seen[inner] <= self.polls:
+            new = handle
+            if self.moves:
+                new = f"build:{inner}"
+                self.valid[new] = inner
+            return BuildStatus(BuildState.RUNNING, host="h1", external_id=new)
+        st = super().poll(inner)
+        return BuildStatus(st.state, st.host, st.url, st.rc, st.host_minutes, handle)
+
+    def console(self, handle):
+        return super().console(self.valid[handle])
+
+
+class CountingStore(Store):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.updates = 0
+
+    def update_build(self, *a, **kw):
+        self.updates += 1
+        return super().update_build(*a, **kw)
+
+
+@pytest.mark.parametrize("moves", [False, True])
+def test_request_outliving_many_polls_is_followed_by_its_handle(tmp_path, moves):
+    ex = StrictSlowExecutor(polls=6, moves=moves)
+    with CountingStore(tmp_path / "f.db") as store:
+        d = Dispatcher(store, ex, slow_threshold_s=60.0, poll_seconds=0.0)
+        d.submit(RunRequest("r1", SHA, (TEST,), 3))
+        before = store.updates
+        (f,) = d.collect(wait=True)
+        assert f.status.state is BuildState.DONE
+        assert [r.outcome for r in f.runs].count(Outcome.INFRA) == 0 and f.added == 3
+        assert len(ex.polled_handles) == 7
+        assert all(h in ex.valid for h in ex.polled_handles)
+        if moves:
+            assert ex.polled_handles[1:] == [ex.polled_handles[1]] * 6 and ex.polled_handles[1].startswith("build:")
+            assert store.builds()[0]["external_id"] == ex.polled_handles[1]
+        # six RUNNING polls with nothing new are one store write, plus the final one
+        assert store.updates - before == 2

@@ -22,10 +22,21 @@ class Executor(Protocol):
         """Start a request; return a handle (string, stored) to follow it by."""
 
     def poll(self, handle: str) -> BuildStatus:
-        """Current state of a submitted request."""
+        """Current state of a submitted request.
+
+        ``external_id``, when set, must itself be a handle for the same
+        request, valid for every later poll and after a restart: the
+        dispatcher stores it and follows it from then on (Jenkins: the queue
+        item's handle becomes the build's). Never a process id or anything
+        else that only describes the request."""
 
     def console(self, handle: str) -> Iterator[str]:
         """The console log as lines (with or without line ends), streamed."""
 
     def cancel(self, handle: str) -> None:
         """Stop a request (campaign abort)."""
+
+    # Optional: reattach(request, external_id) -> handle or None. After a
+    # restart, the handle to follow a request recorded before it by, or None
+    # when nothing of it can be followed (the dispatcher then submits it again
+    # under the same run id). Without it, every pending request is resubmitted.

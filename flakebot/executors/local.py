@@ -1,22 +1,45 @@
 """Executor `local`: run the host script (or any command) on this machine.
 
-The command comes from config (split with shlex, never through a shell) and
-gets the host-script contract in its environment: FLAKEBOT_COMMIT,
+The command comes from config (split with shlex, never interpreted by a shell)
+and gets the host-script contract in its environment: FLAKEBOT_COMMIT,
 FLAKEBOT_TESTS (space separated), FLAKEBOT_ITERATIONS, FLAKEBOT_RUN_ID,
-SPDK_DIR. Its stdout and stderr go, merged, to `<workdir>/<run_id>.log`
-(never held in memory); `console` streams that file. It runs in its own
-process group (start_new_session) so a timeout or `cancel` kills the whole
-group, QEMU children included. One request at a time: slots() == 1.
+SPDK_DIR. It runs in its own process group (start_new_session) so a timeout or
+`cancel` stops the whole group, QEMU children included. One request at a time
+on this host: slots() == 1, and a host script left running by another flakebot
+process makes `submit` refuse (one line naming its run id and pid).
 
     >>> ex = LocalExecutor("jobs/run-restart-tests.sh", spdk_dir="/root/spdk")  # doctest: +SKIP
     >>> h = ex.submit(RunRequest("r1", sha, ("vfio_user_nvme_restart_vm",), 5))  # doctest: +SKIP
 
-A timed-out request is DONE with rc 124 (as coreutils `timeout`) and a last
-log line saying so; a cancelled one is LOST. Handles live in this process only:
-after a restart, `poll` of an old handle answers LOST.
+Everything about a run lives in the work directory (executor.local_workdir,
+default <data dir>/local), so the handle -- the run id -- stays valid across
+polls and across a restart of flakebot:
+
+    <run_id>.log   stdout and stderr, merged (streamed by `console`, never held in memory)
+    <run_id>.pid   the process group leader: pid, start time (clock ticks since
+                   boot) and boot id, so a recycled pid is never taken for it
+    <run_id>.end   "<rc> <uptime> <boot id>" once it ended ("-" for rc when cancelled)
+
+A small /bin/sh wrapper leads the group: it waits until the pid file is
+written before it starts the command (a flakebot killed before that leaves no
+host script behind), and writes the end file when the command exits. After a
+restart `reattach` finds a run by its run id: still running -> follow it
+again; ended while flakebot was away -> its rc and log count; cancelled or
+gone without an end file -> None, so the same request is run again (never
+beside the old one: looking and launching happen under one lock on the work
+directory).
+
+A timed-out request (counted from the script's start, so across restarts too)
+is DONE with rc 124 (as coreutils `timeout`) and a last log line saying so; a
+cancelled one is LOST. What a finished script leaves running in its group is
+stopped. Finished runs' files are removed
+when a new request starts, beyond the newest `keep_logs` or older than
+`keep_days` days.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shlex
@@ -24,23 +47,40 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
-import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
+from flakebot.config import default_data_dir
 from flakebot.executors.base import ExecutorError
+from flakebot.executors.procs import Leader, boot_id, live_groups, proc_stat, uptime_s
 from flakebot.model import BuildState, BuildStatus, RunRequest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_RC = 124
 KILL_GRACE_S = 5.0
+LOCK_WAIT_S = 30.0
+CANCELLED = "-"
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _TEST_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# stdin: the go-ahead; $1: the run's path prefix; then the command. EOF
+# instead of a line means flakebot died before recording us: run nothing.
+_WRAPPER = r'''run=$1
+shift
+IFS= read -r _ || exit 125
+exec </dev/null
+"$@"
+rc=$?
+read -r up _ < /proc/uptime
+read -r boot < /proc/sys/kernel/random/boot_id
+printf '%s %s %s\n' "$rc" "$up" "$boot" > "$run.end.tmp" && mv -f "$run.end.tmp" "$run.end"
+exit "$rc"
+'''
 
 
 def resolve_command(command: str) -> list[str]:
@@ -69,20 +109,23 @@ def resolve_command(command: str) -> list[str]:
     return [found, *argv[1:]]
 
 
-@dataclass
-class _Proc:
-    request: RunRequest
-    popen: subprocess.Popen
-    log_path: Path
-    started: float
-    ended: Optional[float] = None
-    timed_out: bool = False
-    cancelled: bool = False
-    timer: Optional[threading.Timer] = None
+@dataclass(frozen=True)
+class End:
+    rc: Optional[int]  # None: cancelled
+    uptime: float
+    boot: str
+
+    def minutes_since(self, leader: Leader) -> float:
+        """Host minutes the run took (0 when start and end are not on one clock)."""
+        return max(0.0, self.uptime - leader.start_s) / 60 if self.boot == leader.boot else 0.0
+
+
+# ---------------------------------------------------------------------- executor
 
 
 class LocalExecutor:
     name = "local"
+    stop_on_interrupt = True  # Ctrl-C stops the run: it holds this host's VMs and hugepages
 
     def __init__(
         self,
@@ -91,8 +134,14 @@ class LocalExecutor:
         timeout_s: float = 4 * 3600,
         workdir: Optional[Path | str] = None,
         env: Optional[Mapping[str, str]] = None,
+        keep_logs: int = 20,
+        keep_days: float = 30.0,
+        poll_interval_s: float = 0.05,
     ):
-        """`spdk_dir` defaults to $SPDK_DIR; `env` adds variables (e.g. VM_IMAGE)."""
+        """`spdk_dir` defaults to $SPDK_DIR; `env` adds variables (e.g. VM_IMAGE);
+        `workdir` defaults to <data dir>/local; `keep_days` 0 = no age limit."""
+        if not Path("/proc/self/stat").is_file():
+            raise ExecutorError("local executor: needs Linux /proc to follow its runs")
         self.argv = resolve_command(command)
         spdk_dir = spdk_dir or os.environ.get("SPDK_DIR")
         if not spdk_dir:
@@ -100,99 +149,265 @@ class LocalExecutor:
         self.spdk_dir = str(spdk_dir)
         if timeout_s <= 0:
             raise ExecutorError("local executor: timeout_s must be > 0")
+        if keep_logs < 0 or keep_days < 0:
+            raise ExecutorError("local executor: keep_logs and keep_days must not be negative")
         self.timeout_s = float(timeout_s)
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="flakebot-local-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.keep_logs, self.keep_days = int(keep_logs), float(keep_days)
+        self.workdir = Path(workdir) if workdir else default_data_dir() / "local"
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ExecutorError(f"local executor: cannot create work directory {self.workdir}: {e.strerror}") from None
         self.extra_env = dict(env or {})
         self.host = socket.gethostname()
-        self._procs: dict[str, _Proc] = {}
-        self._lock = threading.Lock()
+        self.poll_interval_s = poll_interval_s  # while waiting for a stopped group to go
+        self._children: dict[str, subprocess.Popen] = {}  # runs this process started (to reap)
 
     # ------------------------------------------------------------------ interface
     def slots(self) -> int:
         return 1
 
     def submit(self, request: RunRequest) -> str:
-        if request.run_id in self._procs:  # idempotent on run_id
-            return request.run_id
+        """Start the request; idempotent on run_id (a run of it that is still
+        going or has ended, in this process or before a restart, is its answer)."""
         self._validate(request)
-        busy = [h for h, p in self._procs.items() if p.popen.poll() is None]
-        if busy:
-            raise ExecutorError(f"local executor: busy with {busy[0]} (one slot)")
-        env = dict(os.environ)
-        env.update(self.extra_env)
-        env.update({
-            "FLAKEBOT_COMMIT": request.commit,
-            "FLAKEBOT_TESTS": " ".join(request.tests),
-            "FLAKEBOT_ITERATIONS": str(request.iterations),
-            "FLAKEBOT_RUN_ID": request.run_id,
-            "SPDK_DIR": self.spdk_dir,
-        })
-        log_path = self.workdir / f"{request.run_id}.log"
-        with open(log_path, "wb") as log:
-            try:
-                popen = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True,
-                )
-            except OSError as e:
-                raise ExecutorError(f"local executor: cannot start {self.argv[0]}: {e.strerror}") from None
-        proc = _Proc(request, popen, log_path, time.monotonic())
-        proc.timer = threading.Timer(self.timeout_s, self._on_timeout, args=(proc,))
-        proc.timer.daemon = True
-        proc.timer.start()
-        self._procs[request.run_id] = proc
-        return request.run_id
+        handle = request.run_id
+        with self._locked():
+            if self._state(handle) is not None:
+                return handle
+            self._prune(keep=handle)
+            busy = self._running_other_than(handle)
+            if busy:
+                rid, leader = busy
+                raise ExecutorError(f"local executor: busy with run {rid} (pid {leader.pid}, one slot); "
+                                    f"wait for it or stop its group: kill -TERM -- -{leader.pid}")
+            self._launch(request)
+        return handle
+
+    def reattach(self, request: RunRequest, external_id: Optional[str] = None) -> Optional[str]:
+        """After a restart: the handle of `request`'s run if it is still running
+        or ended while we were away; None if it left no end (run it again)."""
+        handle = request.run_id
+        if not _RUN_ID_RE.match(handle or ""):
+            return None
+        with self._locked():
+            return handle if self._state(handle) is not None else None
 
     def poll(self, handle: str) -> BuildStatus:
-        proc = self._procs.get(handle)
-        if proc is None:
-            return BuildStatus(BuildState.LOST, self.host, self._url(handle), None, 0.0, handle)
-        rc = proc.popen.poll()
-        if rc is None and time.monotonic() - proc.started > self.timeout_s:
-            self._on_timeout(proc)
-            rc = proc.popen.poll()
-        if rc is None:
-            minutes = (time.monotonic() - proc.started) / 60
-            return BuildStatus(BuildState.RUNNING, self.host, self._url(handle), None, minutes, str(proc.popen.pid))
-        self._finish(proc)
-        minutes = ((proc.ended or time.monotonic()) - proc.started) / 60
-        if proc.cancelled:
-            return BuildStatus(BuildState.LOST, self.host, self._url(handle), None, minutes, str(proc.popen.pid))
-        if proc.timed_out:
-            rc = TIMEOUT_RC
-        return BuildStatus(BuildState.DONE, self.host, self._url(handle), rc, minutes, str(proc.popen.pid))
+        leader = self._leader(handle) if _RUN_ID_RE.match(handle or "") else None
+        if leader is None:
+            return self._status(handle, BuildState.LOST)
+        self._reap(handle)
+        running = leader.is_running()
+        end = self._end(handle)
+        if end is None and running and uptime_s() - leader.start_s > self.timeout_s:
+            end = self._time_out(handle, leader)
+        elif end is None and running:
+            return self._status(handle, BuildState.RUNNING, minutes=(uptime_s() - leader.start_s) / 60)
+        elif running:
+            self._stop_group(handle, leader)  # the script ended; what it left behind must not
+        if end is None:  # gone without an end: killed from outside, host rebooted
+            return self._status(handle, BuildState.LOST)
+        minutes = end.minutes_since(leader)
+        if end.rc is None:
+            return self._status(handle, BuildState.LOST, minutes=minutes)
+        return self._status(handle, BuildState.DONE, rc=end.rc, minutes=minutes)
 
     def console(self, handle: str) -> Iterator[str]:
-        proc = self._procs.get(handle)
-        path = proc.log_path if proc else self.workdir / f"{handle}.log"
-        if not _RUN_ID_RE.match(handle) or not path.is_file():
+        if not _RUN_ID_RE.match(handle or ""):
+            return
+        path = self._path(handle, "log")
+        if not path.is_file():
             return
         with open(path, "rb") as f:
             for raw in f:
                 yield raw.rstrip(b"\n").decode("utf-8", "replace")
 
     def cancel(self, handle: str) -> None:
-        proc = self._procs.get(handle)
-        if proc is None or proc.popen.poll() is not None:
+        leader = self._leader(handle) if _RUN_ID_RE.match(handle or "") else None
+        if leader is None or self._end(handle) is not None:
             return
-        proc.cancelled = True
-        self._kill_group(proc)
-        self._finish(proc)
+        self._stop_group(handle, leader)
+        self._write_end(handle, None)
 
-    def wait(self, handle: str, timeout_s: Optional[float] = None) -> BuildStatus:
-        """Block until the request ends (for the CLI and tests; the campaign polls)."""
-        proc = self._procs.get(handle)
-        if proc is not None:
+    # ------------------------------------------------------------------ files
+    def _path(self, handle: str, kind: str) -> Path:
+        return self.workdir / f"{handle}.{kind}"
+
+    def _status(self, handle: str, state: BuildState, rc: Optional[int] = None, minutes: float = 0.0) -> BuildStatus:
+        # external_id is the handle itself: it must stay valid for the next poll.
+        return BuildStatus(state, self.host, self._path(handle, "log").as_uri(), rc, minutes, handle)
+
+    @contextmanager
+    def _locked(self):
+        """The work directory's lock: held while looking for runs and launching
+        one, so two flakebot processes never both start the same run id."""
+        fd = os.open(self.workdir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ExecutorError(f"local executor: {self.workdir} stays locked by another flakebot") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def _state(self, handle: str) -> Optional[str]:
+        """"running", "ended" (with an exit status), or None: nothing to follow
+        (never started, cancelled, or gone without an end) -- run it (again)."""
+        leader = self._leader(handle)
+        if leader is None:
+            return None
+        self._reap(handle)
+        if leader.is_running():
+            return "running"
+        end = self._end(handle)
+        return "ended" if end is not None and end.rc is not None else None
+
+    def _leader(self, handle: str) -> Optional[Leader]:
+        try:
+            d = json.loads(self._path(handle, "pid").read_text())
+            return Leader(int(d["pid"]), int(d["start_ticks"]), str(d["boot"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _end(self, handle: str) -> Optional[End]:
+        try:
+            rc, up, boot = self._path(handle, "end").read_text().split()
+            return End(None if rc == CANCELLED else int(rc), float(up), boot)
+        except (OSError, ValueError):
+            return None
+
+    def _write_end(self, handle: str, rc: Optional[int]) -> End:
+        """Record how a run ended unless its wrapper already did (first one wins)."""
+        end = self._path(handle, "end")
+        tmp = self._path(handle, f"end.{os.getpid()}")
+        tmp.write_text(f"{CANCELLED if rc is None else rc} {uptime_s():.2f} {boot_id()}\n")
+        try:
+            os.link(tmp, end)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return self._end(handle)
+
+    def _write_atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + f".{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ processes
+    def _launch(self, request: RunRequest) -> None:
+        handle = request.run_id
+        for kind in ("end", "pid"):  # a run of it that vanished without an end: start afresh
+            self._path(handle, kind).unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update({
+            "FLAKEBOT_COMMIT": request.commit,
+            "FLAKEBOT_TESTS": " ".join(request.tests),
+            "FLAKEBOT_ITERATIONS": str(request.iterations),
+            "FLAKEBOT_RUN_ID": handle,
+            "SPDK_DIR": self.spdk_dir,
+        })
+        go_r, go_w = os.pipe()
+        try:
+            with open(self._path(handle, "log"), "wb") as log:
+                popen = subprocess.Popen(
+                    ["/bin/sh", "-c", _WRAPPER, "flakebot-local", str(self.workdir / handle), *self.argv],
+                    stdin=go_r, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                )
+        except OSError as e:
+            os.close(go_w)
+            self._path(handle, "log").unlink(missing_ok=True)
+            raise ExecutorError(f"local executor: cannot start {self.argv[0]}: {e.strerror}") from None
+        finally:
+            os.close(go_r)
+        self._children[handle] = popen
+        try:
+            # Our child cannot be reaped before we wait for it: its stat is there.
+            st = proc_stat(popen.pid)
+            if st is None:
+                raise ExecutorError(f"local executor: {self.argv[0]} vanished as it started")
+            self._write_atomic(self._path(handle, "pid"), json.dumps(
+                {"pid": popen.pid, "start_ticks": st.start_ticks, "boot": boot_id(), "run_id": handle,
+                 "argv": self.argv}) + "\n")
+            os.write(go_w, b"go\n")
+        finally:
+            os.close(go_w)
+
+    def _reap(self, handle: str) -> None:
+        popen = self._children.get(handle)
+        if popen is not None and popen.poll() is not None:
+            del self._children[handle]
+
+    def _time_out(self, handle: str, leader: Leader) -> Optional[End]:
+        self._stop_group(handle, leader)
+        end = self._write_end(handle, TIMEOUT_RC)
+        if end is not None and end.rc == TIMEOUT_RC:
+            with open(self._path(handle, "log"), "ab") as log:
+                log.write(f"\nFLAKEBOT: run {handle} killed after the {self.timeout_s:g} s timeout\n".encode())
+        return end
+
+    def _stop_group(self, handle: str, leader: Leader) -> None:
+        """SIGTERM the run's group, SIGKILL what is left after the grace time."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not leader.is_running():
+                return
             try:
-                proc.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        return self.poll(handle)
+                os.killpg(leader.pid, sig)
+            except ProcessLookupError:
+                return
+            except PermissionError:  # only members we may not signal (e.g. under sudo): theirs to end
+                return
+            deadline = time.monotonic() + KILL_GRACE_S
+            while time.monotonic() < deadline:
+                self._reap(handle)
+                if not leader.is_running():
+                    return
+                time.sleep(self.poll_interval_s)
 
-    # ------------------------------------------------------------------ internals
-    def _url(self, handle: str) -> str:
-        return (self.workdir / f"{handle}.log").as_uri()
+    def _running_other_than(self, handle: str) -> Optional[tuple[str, Leader]]:
+        for rid in list(self._children):
+            self._reap(rid)
+        groups = live_groups()
+        for pid_file in self.workdir.glob("*.pid"):
+            rid = pid_file.name[: -len(".pid")]
+            leader = self._leader(rid)
+            if rid != handle and leader is not None and self._end(rid) is None and leader.is_running(groups):
+                return rid, leader
+        return None
+
+    def _prune(self, keep: str) -> None:
+        """Remove the files of ended runs beyond the newest keep_logs, or older
+        than keep_days. Runs still going are never touched."""
+        ended = []
+        groups = live_groups()
+        for pid_file in self.workdir.glob("*.pid"):
+            rid = pid_file.name[: -len(".pid")]
+            if rid == keep or rid in self._children:
+                continue
+            leader = self._leader(rid)
+            if leader is not None and leader.is_running(groups):
+                continue
+            try:
+                mtime = max(p.stat().st_mtime for p in (pid_file, self._path(rid, "log"), self._path(rid, "end"))
+                            if p.exists())
+            except OSError:
+                continue
+            ended.append((mtime, rid))
+        ended.sort(reverse=True)
+        now = time.time()
+        for i, (mtime, rid) in enumerate(ended):
+            too_old = self.keep_days > 0 and now - mtime > self.keep_days * 86400
+            if i >= self.keep_logs or too_old:
+                for kind in ("log", "end", "pid"):
+                    self._path(rid, kind).unlink(missing_ok=True)
 
     @staticmethod
     def _validate(request: RunRequest) -> None:
@@ -207,37 +422,3 @@ class LocalExecutor:
             raise ExecutorError(f"local executor: iterations must be 1..1000, got {request.iterations!r}")
         if not _RUN_ID_RE.match(request.run_id or ""):
             raise ExecutorError(f"local executor: bad run_id {request.run_id!r}")
-
-    def _on_timeout(self, proc: _Proc) -> None:
-        with self._lock:
-            if proc.popen.poll() is not None or proc.cancelled or proc.timed_out:
-                return
-            proc.timed_out = True
-        self._kill_group(proc)
-        with open(proc.log_path, "ab") as log:
-            log.write(f"\nFLAKEBOT: run {proc.request.run_id} killed after the {self.timeout_s:g} s timeout\n".encode())
-
-    @staticmethod
-    def _kill_group(proc: _Proc) -> None:
-        pgid = proc.popen.pid  # start_new_session: the child leads its own group
-        for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.popen.wait(timeout=grace)
-                # the leader is gone; make sure its children are too
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-            break
-
-    def _finish(self, proc: _Proc) -> None:
-        if proc.ended is None:
-            proc.popen.wait()
-            proc.ended = time.monotonic()
-            if proc.timer is not None:
-                proc.timer.cancel()
