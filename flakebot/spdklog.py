@@ -90,8 +90,9 @@ Decisions (documented in tests/test_spdklog.py as tables):
   [(in Ns)]`` (after prefix and colour) is a ``run_test`` banner; the lines of
   stars around it are not needed.
 * Shutdown: one per ``vm_shutdown_all`` xtrace call line, call site
-  ``<calling script basename>@<line>``, limit from ``timeo=N`` seen within 3
-  lines after the call or after ``Waiting for VMs``, else the call argument,
+  ``<calling script basename>@<line>``, limit from the first ``timeo=N``
+  xtrace line after the call while its wait is open (2024+: right after the
+  call; before: right after ``Waiting for VMs``), else the call argument,
   else 90. waited_s runs from ``Waiting for VMs to shutdown...`` to ``All VMs
   successfully shut down`` or to the timeout evidence; None if the log ends
   (or the test fails otherwise) before either.
@@ -201,11 +202,11 @@ _S2T = {k: v * _TICKS for k, v in _N2B.items()}
 # cascade. A Jenkins prefix, then one of: an xtrace line, Waiting for VMs /
 # All VMs successfully shut down, START/END TEST. Each part is feed's own
 # regex (_JPREFIX, _XTRACE, _BANNER) over a narrower alphabet: printable
-# ASCII without "*", space, tab (\S -> _A, . -> _B, \s -> [\t ],
+# ASCII without "*" (feed once treated lines of stars apart), space, tab (\S -> _A, . -> _B, \s -> [\t ],
 # \d -> [0-9]); the trailing "\r*" is feed's rstrip. On such a line the str
 # regexes match the same way with the same groups, and feed's other checks
-# (ESC, 20 stars, invalid UTF-8: not in the alphabet; the 1 MiB cut: the
-# callers check the length) cannot fire, except FLAKEBOT-ITERATION- in a
+# (ESC, invalid UTF-8: not in the alphabet; the 1 MiB cut: the callers check
+# the length) cannot fire, except FLAKEBOT-ITERATION- in a
 # banner's test name (fast() hands that line to feed). Any other line goes
 # to feed. tests/test_spdklog_fast.py compares the two line by line.
 # The two xtrace commands that matter are told apart here too, as _xtrace
