@@ -25,9 +25,10 @@ or no prefix; ANSI colour codes; CRLF; stderr interleaved; logs crossing midnigh
 How a line is chosen: by its content only, never by its distance from another
 line, so interleaved stderr lines (any number, anywhere) change nothing. A
 line is looked at if it contains one of ``NEEDLES`` (a ``shut`` line only with
-``VMs`` or ``vm_shutdown_all`` in it). One more rule: while a time is waiting
-for a clock (see Clocks), every line that starts like an xtrace line
-(``_XHEAD``) is looked at too, until one gives the clock. Lines are cut to
+``VMs`` or ``vm_shutdown_all`` in it), or one of ``WANTED`` while the parser
+wants it (``timeo=`` while a wait has no limit yet, ``ERROR:``/``FAIL:``
+while an error block is open), or, while a time is waiting for a clock (see
+Clocks), if it starts like an xtrace line (``_XHEAD``). Lines are cut to
 ``_MAX_LINE`` characters before anything else looks at them, on every entry
 point. A log of two or more lines whose last line has no line break was cut
 inside that line: it opens no run (``START TEST``, ``FLAKEBOT-ITERATION-START``)
@@ -120,23 +121,26 @@ NEEDLES: tuple[str, ...] = (
     # messages, err_clean vm_shutdown_all, backtrace frames
     "==========",  # backtrace banner, error() block separator
     " TEST ",  # run_test's START TEST / END TEST banner
-    "timeo=",  # the wait's limit
-    "ERROR:",  # error()'s message (evidence inside an error block only)
-    "FAIL:",  # fail()'s message
     "err_clean",  # the ERR traps
     "error_exit",
     "FLAKEBOT-ITERATION-",  # our markers
     "\x1b",  # ANSI: strip, then look again
 )
+# Lines with these are chosen only while the parser wants them: timeo= while
+# a wait has no limit yet (_Parser.want_limit), ERROR:/FAIL: while an error
+# block is open (err_open). Still by content and state only, never by
+# distance; it spares the bytes.find scanner three passes per block.
+WANTED: tuple[str, ...] = ("timeo=", "ERROR:", "FAIL:")
 _SHUT_ALSO = ("VMs", "vm_shutdown_all")
 _NEEDLES_B = tuple(n.encode() for n in NEEDLES)
 _OTHER_B = _NEEDLES_B[1:]  # after shut
+_TIMEO_B, _ERROR_B, _FAIL_B = (n.encode() for n in WANTED)
 _SHUT_B = b"shut"
 _SHUT_ALSO_B = tuple(n.encode() for n in _SHUT_ALSO)
 # Hyperscan finds the needles in one pass where it is installed (spdklog_scan);
 # else one bytes.find pass per needle. Tests switch this off to test both.
 _HS = _scan.AVAILABLE
-_VMS = _scan.VMS
+_VMS, _TIMEO_K, _ERR_K = _scan.VMS, _scan.TIMEO, _scan.ERR
 
 _MAX_STACK = 32
 _MAX_LINE = 1 << 20  # a "line" longer than this is cut (binary junk), in characters
@@ -315,6 +319,9 @@ class _Parser:
         self.err_open: Optional[_Run] = None
         self.err_close: Optional[_Run] = None
         self.cut_line = False  # the line being fed is a last line cut short
+        # a wait was opened and has no timeo=N yet: timeo= lines are wanted
+        # (like err_open for ERROR:/FAIL: lines; see WANTED)
+        self.want_limit = False
         self.out: list[Run] = []
         self.stack: list[_Run] = []
         self.frame: Optional[_Frame] = None
@@ -461,6 +468,7 @@ class _Parser:
             # no call line seen for this wait (xtrace off?)
             w = run.cur = _Wait("?", None)
             run.waits.append(w)
+            self.want_limit = True
         w.start = tm
         run.last = tm
 
@@ -470,6 +478,7 @@ class _Parser:
         w.done = True
         run.last = tm
         run.cur = None
+        self.want_limit = False
 
     def fast(self, m: "re.Match[bytes]") -> None:
         """What feed() does with a line that _FAST matched (see there), from
@@ -566,6 +575,7 @@ class _Parser:
         w = _Wait(site, arg_limit)
         run.waits.append(w)
         run.cur = w
+        self.want_limit = True
 
     def _limit(self, run: _Run, limit: int) -> None:
         """A timeo=N line (xtrace): the limit of the wait being followed."""
@@ -573,11 +583,13 @@ class _Parser:
         if w is not None and not w.limit_set and not w.done and not w.timed_out:
             w.limit = limit
             w.limit_set = True
+            self.want_limit = False
 
     def _timeout(self, run: _Run, w: _Wait, tm: list) -> None:
         w.end = self._clock(tm)
         w.timed_out = True
         run.cur = None
+        self.want_limit = False
         run.last = w.end
         if not run.evidence:
             run.evidence = "vm_shutdown_all timed out"
@@ -736,6 +748,10 @@ class _Parser:
 
     # ------------------------------------------------------------ finishing
     def _finish(self, r: _Run, cut_marker: bool = False) -> None:
+        if self.err_open is r:
+            self.err_open = None
+        if r.cur is not None:
+            self.want_limit = False
         if r.wrapper:
             return
         if self.pending or self.deferred:
@@ -811,13 +827,12 @@ class _Parser:
 def _is_candidate(line: str) -> bool:
     """The line contains a needle (NEEDLES); same choice as spdklog_scan."""
     return (("shut" in line and ("VMs" in line or "vm_shutdown_all" in line))
-            or "==========" in line or " TEST " in line or "timeo=" in line or "ERROR:" in line
-            or "FAIL:" in line or "err_clean" in line or "error_exit" in line
+            or "==========" in line or " TEST " in line or "err_clean" in line or "error_exit" in line
             or "FLAKEBOT-ITERATION-" in line or "\x1b" in line)
 
 
-assert NEEDLES == ("shut", "==========", " TEST ", "timeo=", "ERROR:", "FAIL:", "err_clean",
-                   "error_exit", "FLAKEBOT-ITERATION-", "\x1b")
+assert NEEDLES == ("shut", "==========", " TEST ", "err_clean", "error_exit", "FLAKEBOT-ITERATION-", "\x1b")
+assert WANTED == ("timeo=", "ERROR:", "FAIL:")
 _END = object()
 
 
@@ -825,7 +840,9 @@ def _take(p: _Parser, line: str) -> None:
     """Feed p the line if it is chosen (see the module doc)."""
     if len(line) > _MAX_LINE:
         line = line[:_MAX_LINE]
-    if _is_candidate(line) or (p.pending and _XHEAD.match(line)):
+    if (_is_candidate(line) or (p.pending and _XHEAD.match(line))
+            or (p.want_limit and "timeo=" in line)
+            or (p.err_open is not None and ("ERROR:" in line or "FAIL:" in line))):
         p.feed(line)
 
 
@@ -975,10 +992,15 @@ def _scan_block(p: _Parser, buf: bytes, end: int) -> None:
             continue  # another hit in a line already handled
         s = rfind(b"\n", 0, to) + 1
         e = find(b"\n", to, end)
-        if h & 15 == _VMS and find(_SHUT_B, s, e) < 0:
+        k = h & 15
+        if k == _VMS and find(_SHUT_B, s, e) < 0:
             continue
         if p.pending and pos < s:
-            _walk(p, buf, pos, s)
+            pos = _walk(p, buf, pos, s)
+        # a WANTED needle counts only while the parser wants it (the state
+        # after every line before this one: the walk came first)
+        if (k == _TIMEO_K and not p.want_limit) or (k == _ERR_K and p.err_open is None):
+            continue
         pos = e + 1
         if e - s <= _MAX_LINE:
             m = fast_match(buf, s, e)
@@ -1013,27 +1035,45 @@ def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
             i = find(nd, e + 1, end)
     pos = 0
     for s, e in sorted(lines.items()):
-        if p.pending and pos < s:
-            _walk(p, buf, pos, s)
+        if pos < s and (p.pending or p.want_limit or p.err_open is not None):
+            _walk(p, buf, pos, s, True)
         pos = e + 1
         _line(p, buf, s, e)
-    if p.pending and pos < end:
-        _walk(p, buf, pos, end)
+    if pos < end and (p.pending or p.want_limit or p.err_open is not None):
+        _walk(p, buf, pos, end, True)
 
 
-def _walk(p: _Parser, buf: bytes, pos: int, stop: int) -> None:
-    """The lines of buf[pos:stop] (whole lines, no needle in them) while a
-    time waits for a clock: feed those that start like an xtrace line
-    (_XHEAD), until one gives the clock."""
-    search = _XNEXT_B.search
-    head = _XHEAD_B.match
+def _walk(p: _Parser, buf: bytes, pos: int, stop: int, wanted: bool = False) -> int:
+    """The lines of buf[pos:stop] (whole lines, no needle in them) that the
+    parser wants: while a time waits for a clock, those that start like an
+    xtrace line (_XHEAD), until one gives the clock; with wanted (the
+    bytes.find scanner, which has no hits for them), also those with a
+    WANTED needle while the parser wants it. Returns where it stopped."""
     find = buf.find
-    while p.pending and pos < stop:
-        if head(buf, pos, stop) is None:
-            m = search(buf, pos, stop)  # the line break before the next one
-            if m is None:
-                return
-            pos = m.start() + 1
-        e = find(b"\n", pos, stop)
-        _line(p, buf, pos, e)
+    while pos < stop:
+        nxt = stop
+        if p.pending:
+            if _XHEAD_B.match(buf, pos, stop) is not None:
+                nxt = pos
+            else:
+                m = _XNEXT_B.search(buf, pos, stop)  # the line break before the next one
+                if m is not None:
+                    nxt = m.start() + 1
+        if wanted and nxt > pos:
+            if p.want_limit:
+                i = find(_TIMEO_B, pos, nxt)
+                if i >= 0:
+                    nxt = buf.rfind(b"\n", pos, i) + 1 or pos
+            if p.err_open is not None:
+                for nd in (_ERROR_B, _FAIL_B):
+                    i = find(nd, pos, nxt)
+                    if i >= 0:
+                        nxt = buf.rfind(b"\n", pos, i) + 1 or pos
+        if nxt >= stop:
+            return stop
+        e = find(b"\n", nxt, stop)
+        _line(p, buf, nxt, e)
         pos = e + 1
+        if not (p.pending or (wanted and (p.want_limit or p.err_open is not None))):
+            return pos
+    return pos

@@ -83,7 +83,7 @@ def state(p: spdklog._Parser):
                 [(w.site, w.limit, w.limit_set, w.start, w.end, w.timed_out, w.done) for w in r.waits])
     def name(r):
         return r and (r.test, r.iteration)
-    return (name(p.err_open), name(p.err_close), list(p.out), [run(r) for r in p.stack],
+    return (name(p.err_open), name(p.err_close), p.want_limit, list(p.out), [run(r) for r in p.stack],
             [(run(r), c) for r, c in p.deferred], dict(p.counts), [list(t) for t in p.pending],
             p.x_off, p.x_raw, p.x_last, p.frame and (p.frame.test, p.frame.iteration))
 
