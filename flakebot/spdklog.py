@@ -120,7 +120,7 @@ NEEDLES: tuple[str, ...] = (
     # the call, Waiting for VMs / All VMs successfully / Not all VMs / old timeout
     # messages, err_clean vm_shutdown_all, backtrace frames
     "==========",  # backtrace banner, error() block separator
-    " TEST ",  # run_test's START TEST / END TEST banner
+    "TEST ",  # run_test's START TEST / END TEST banner
     "err_clean",  # the ERR traps
     "error_exit",
     "FLAKEBOT-ITERATION-",  # our markers
@@ -133,7 +133,10 @@ NEEDLES: tuple[str, ...] = (
 WANTED: tuple[str, ...] = ("timeo=", "ERROR:", "FAIL:")
 _SHUT_ALSO = ("VMs", "vm_shutdown_all")
 _NEEDLES_B = tuple(n.encode() for n in NEEDLES)
-_OTHER_B = _NEEDLES_B[1:]  # after shut
+# after shut; the two traps are found by one regex search (one scan for both,
+# from their common "err": cheaper than two bytes.find passes)
+_OTHER_B = tuple(n for n in _NEEDLES_B[1:] if n not in (b"err_clean", b"error_exit"))
+_TRAPS_B = re.compile(rb"err(?:_clean|or_exit)")
 _TIMEO_B, _ERROR_B, _FAIL_B = (n.encode() for n in WANTED)
 _SHUT_B = b"shut"
 _SHUT_ALSO_B = tuple(n.encode() for n in _SHUT_ALSO)
@@ -827,11 +830,11 @@ class _Parser:
 def _is_candidate(line: str) -> bool:
     """The line contains a needle (NEEDLES); same choice as spdklog_scan."""
     return (("shut" in line and ("VMs" in line or "vm_shutdown_all" in line))
-            or "==========" in line or " TEST " in line or "err_clean" in line or "error_exit" in line
+            or "==========" in line or "TEST " in line or "err_clean" in line or "error_exit" in line
             or "FLAKEBOT-ITERATION-" in line or "\x1b" in line)
 
 
-assert NEEDLES == ("shut", "==========", " TEST ", "err_clean", "error_exit", "FLAKEBOT-ITERATION-", "\x1b")
+assert NEEDLES == ("shut", "==========", "TEST ", "err_clean", "error_exit", "FLAKEBOT-ITERATION-", "\x1b")
 assert WANTED == ("timeo=", "ERROR:", "FAIL:")
 _END = object()
 
@@ -1033,6 +1036,13 @@ def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
             e = find(b"\n", i, end)
             lines[rfind(b"\n", 0, i) + 1] = e
             i = find(nd, e + 1, end)
+    search = _TRAPS_B.search
+    m = search(buf, 0, end)
+    while m is not None:
+        i = m.start()
+        e = find(b"\n", i, end)
+        lines[rfind(b"\n", 0, i) + 1] = e
+        m = search(buf, e + 1, end)
     pos = 0
     for s, e in sorted(lines.items()):
         if pos < s and (p.pending or p.want_limit or p.err_open is not None):

@@ -35,7 +35,7 @@ _PATTERNS = (
     # "(?:^|[^=])={10}" is the same needle, but takes Hyperscan ~60 M instructions
     # to compile; hits() adds the one case this misses, a run at offset 0
     (rb"[^=]={10}", EQ),
-    (rb" TEST ", TEST),
+    (rb"TEST ", TEST),
     (rb"timeo=", TIMEO),
     (rb"ERROR:|FAIL:", ERR),
     (rb"err_clean|error_exit", TRAP),
