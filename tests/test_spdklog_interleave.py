@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -325,3 +326,20 @@ def test_long_lines_cut_the_same_everywhere(monkeypatch, lines, last_nl, block):
     monkeypatch.setattr(spdklog, "_BLOCK", block)
     text = "\n".join(["START TEST t"] + lines) + ("\n" if last_nl else "")
     every_way(text)
+
+
+# ------------------------------------------------------------ the samples
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "spdk-logs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.log")))
+@pytest.mark.parametrize("k", [9, 50])
+def test_samples_without_prefix_with_foreign_lines_after_every_line(name, k):
+    """The sample logs with their prefix stripped (only the 1 s xtrace clock
+    left) and k foreign lines after every line: same class and shutdowns,
+    waits to the clock's resolution."""
+    lines = [_PREFIX.sub("", x) for x in (SAMPLES / name).read_text().splitlines()]
+    base = parse_text("\n".join(lines) + "\n")
+    assert base and all(r.shutdowns for r in base)
+    text = interleave(lines, {i: (k, i, i % 2 == 0) for i in range(1, len(lines) + 1)})
+    assert_same(base, every_way(text), 1.0)
