@@ -851,9 +851,11 @@ def _take(p: _Parser, line: str) -> None:
 
 def parse_lines(lines: Iterable[Union[str, bytes]], *,
                 slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S) -> Iterator[Run]:
-    """Yield each Run as soon as it is complete. Lines may be str or bytes.
-    The last item is taken as a line cut short (the log was cut inside it)
-    when it has no line break and an item before it had one."""
+    """Yield each Run as soon as it is complete (in a log without prefix:
+    once its times have their clock, see the module doc), reading one line
+    ahead. Lines may be str or bytes. The last item is taken as a line cut
+    short (the log was cut inside it) when it has no line break and an item
+    before it had one."""
     return _parse_items(lines, slow_threshold_s, None)
 
 
