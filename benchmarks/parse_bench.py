@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/parse_bench.py --mb 200
 
-Writes a Jenkins-format log of about --mb MB to a temp file, made of restart-test
-iterations in the shapes of shared/spdk-logs/ (tests/logfixtures.py): per 20
+Writes a Jenkins-format log (--prefix: or GitHub Actions, or no prefix, where
+only the 1 s xtrace clock is left) of about --mb MB to a temp file, made of
+restart-test iterations in the shapes of tests/fixtures/spdk-logs/
+(tests/logfixtures.py): per 20
 iterations 15 passes, 3 near misses (83 s), 2 timeouts (WARN style), nvme and
 virtio_blk alternating. Then, each in a fresh child process (best of --repeat):
   bare:  for line in open(f, 'rb'): pass
@@ -81,10 +83,10 @@ print(time.perf_counter() - t, time.process_time() - c, n)
 """
 
 
-def generate(path: Path, mb: float) -> tuple[int, int]:
+def generate(path: Path, mb: float, prefix: str = "jenkins") -> tuple[int, int]:
     """Write about mb MB; return (bytes, iterations)."""
     target = int(mb * 1024 * 1024)
-    b = LogBuilder("2024", "jenkins")
+    b = LogBuilder("2024", prefix)
     n = size = 0
     with open(path, "w", newline="\n") as f:
         while size < target:
@@ -129,6 +131,8 @@ def main() -> None:
     ap.add_argument("--keep", help="write the log here instead of a temp file")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions under valgrind instead of timing")
+    ap.add_argument("--prefix", choices=("jenkins", "gha", "plain"), default="jenkins",
+                    help="the log's line prefix (plain: none, only the xtrace clock)")
     ap.add_argument("--scanner", choices=("auto", "find"), default="auto",
                     help="find: force the bytes.find line finder (the fallback without hyperscan)")
     args = ap.parse_args()
@@ -140,13 +144,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.keep) if args.keep else Path(tmp) / "bench.log"
         t = time.perf_counter()
-        size, iters = generate(path, args.mb)
+        size, iters = generate(path, args.mb, args.prefix)
         gen_s = time.perf_counter() - t
         mb = size / 1024 / 1024
         if args.instructions:
             ib = instructions(BARE, path) - instructions(BARE_BASE, path)
             ip = instructions(PARSE, path, args.scanner) - instructions(PARSE_BASE, path)
-            print(f"log: {mb:.1f} MiB, {iters} iterations; Python {platform.python_version()}, "
+            print(f"log: {mb:.1f} MiB, {iters} iterations, prefix {args.prefix}; Python {platform.python_version()}, "
                   f"{platform.machine()}; line finder: {scanner}; valgrind cachegrind, minus the same child "
                   f"without the loop\n")
             print("| loop | instructions (M) | per byte | ratio to bare |")
@@ -161,7 +165,7 @@ def main() -> None:
         wb, cb = min(x[0] for x in bare), min(x[1] for x in bare)
         wp, cp = min(x[0] for x in parse), min(x[1] for x in parse)
         runs = parse[0][2]
-    print(f"log: {mb:.1f} MiB, {iters} iterations, {runs} runs parsed "
+    print(f"log: {mb:.1f} MiB, {iters} iterations, prefix {args.prefix}, {runs} runs parsed "
           f"(generated in {gen_s:.1f} s); Python {platform.python_version()}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs; line finder: {scanner}; best of {args.repeat}\n")
     print("| loop | CPU s | wall s | MiB/s (CPU) | ratio to bare (CPU) | ratio (wall) | peak RSS |")

@@ -1,6 +1,7 @@
 """SPDK console log -> Runs (model.Run). The one parser.
 
-Streaming, one pass, bounded memory. Public API::
+Streaming, one pass, bounded memory (Runs whose times still wait for a clock
+are held back until it comes). Public API::
 
     parse_lines(lines, *, slow_threshold_s=DEFAULT_SLOW_THRESHOLD_S) -> Iterator[Run]
     parse_file(path, *, slow_threshold_s=...) -> Iterator[Run]
@@ -17,19 +18,21 @@ lines, Waiting for VMs / All VMs successfully shut down, START/END TEST)
 straight from the bytes (``_FAST``, ``_Parser.fast``: same state changes as
 ``feed``, tested line by line); every other line goes through ``feed``.
 
-Formats (SPDK.md): the three PS4 xtrace eras, the Jenkins timestamper prefix
+Formats: the three PS4 xtrace eras, the Jenkins timestamper prefix
 (``00:09:03.952  ``), the GitHub Actions prefix (``2026-09-17T03:25:48.5680391Z ``)
 or no prefix; ANSI colour codes; CRLF; stderr interleaved; logs crossing midnight.
 
-How a line is chosen: a line is looked at only if it contains one of ``NEEDLES``
-(a ``shut`` line only with ``VMs`` or ``vm_shutdown_all`` in it), or if the parser
-asked for the next few lines: all of them (``follow``: the ``ERROR:`` line after a
-``====`` line; ``clock``: after a line without a clock of its own, up to and
-including the next xtrace line, at most ``_CLOCK_FOLLOW`` lines) or those with a
-``WATCHED`` substring
-(``watch``: ``START/END TEST`` within 4 lines after a banner line of stars,
-``timeo=N`` within 3 lines after the call or the Waiting line). So a banner is
-recognised as ``run_test`` prints it (a line of stars first), or when coloured.
+How a line is chosen: by its content only, never by its distance from another
+line, so interleaved stderr lines (any number, anywhere) change nothing. A
+line is looked at if it contains one of ``NEEDLES`` (a ``shut`` line only with
+``VMs`` or ``vm_shutdown_all`` in it), or one of ``WANTED`` while the parser
+wants it (``timeo=`` while a wait has no limit yet, ``ERROR:``/``FAIL:``
+while an error block is open), or, while a time is waiting for a clock (see
+Clocks), if it starts like an xtrace line (``_XHEAD``). Lines are cut to
+``_MAX_LINE`` characters before anything else looks at them, on every entry
+point. A log of two or more lines whose last line has no line break was cut
+inside that line: it opens no run (``START TEST``, ``FLAKEBOT-ITERATION-START``)
+and closes no iteration (its name or rc may be cut short).
 
 Decisions (documented in tests/test_spdklog.py as tables):
 
@@ -41,7 +44,7 @@ Decisions (documented in tests/test_spdklog.py as tables):
 * Outcome: ``timeout`` if a shutdown timed out; else (END TEST seen) ``slow`` if
   the worst wait >= slow_threshold_s, else ``pass``; else (no END TEST) ``infra``
   for host-script rc 125, ``fail`` with failure evidence (backtrace, ``ERROR:``
-  block after a ``====`` line, ``err_clean``/``error_exit``, non-zero marker rc),
+  block, ``err_clean``/``error_exit``, non-zero marker rc),
   else ``infra`` (cut off). A failed iteration ends at the next START TEST, the
   next iteration marker, or end of log.
 * Timeout evidence while a shutdown waits: ``WARN: Not all VMs were shut down``
@@ -62,13 +65,35 @@ Decisions (documented in tests/test_spdklog.py as tables):
   outcome whatever the rc (the rc is recorded).
 * rc: from the END marker; 0 when END TEST was seen without markers; else None.
 * Clocks, finest first: GitHub Actions prefix (100 ns), Jenkins elapsed prefix
-  (1 ms), xtrace wall clock (1 s). A message line with no clock of its own takes
-  the clock of the next xtrace line (within ``_CLOCK_FOLLOW`` lines; else the
-  last one seen): waits measured this way are good to about +-1 s. The xtrace
-  clock is unwrapped across midnight (a jump back of more than 12 h is a new day).
+  (1 ms), xtrace wall clock (1 s). A message line with no clock of its own
+  (logs without a prefix) lies between the previous and the next xtrace line;
+  it takes the clock of the NEXT xtrace line, however many lines later
+  (pending until then; a Run whose times are pending is held back until they
+  have their clock). Why the next one: ``notice``/``warning`` print the
+  message just before the next traced command of the same function (the
+  wait loop's first test after ``Waiting for VMs``, ``return 0`` after ``All
+  VMs successfully shut down``), while the previous xtrace line can be
+  seconds older (``vm_shutdown`` ssh-ing into the VM before ``Waiting``). So
+  the estimate is the floor of a time a few ms after the event, like an
+  xtrace line's own clock, and a wait between two such lines is good to the
+  clock's resolution (+-1 s). Only at the end of the log, with no later xtrace
+  line, does a pending time take the last xtrace clock read (a lower bound):
+  a wait with such an end is not measured (None), a duration uses it. The
+  xtrace clock is unwrapped across midnight (a jump back of more than 12 h is
+  a new day).
+* Error blocks: SPDK's ``error``/``fail`` print a line of ``=`` only, the
+  ``ERROR:``/``FAIL:`` message, and a line of ``=`` again. A line of ``=``
+  opens a block in the innermost open test; the next ``ERROR:``/``FAIL:`` line
+  while it is open (however far) is failure evidence; the next line of ``=``
+  after that closes the block. An ``ERROR:`` line outside a block is no
+  evidence.
+* Banners: a line that is exactly ``START TEST <name>`` / ``END TEST <name>
+  [(in Ns)]`` (after prefix and colour) is a ``run_test`` banner; the lines of
+  stars around it are not needed.
 * Shutdown: one per ``vm_shutdown_all`` xtrace call line, call site
-  ``<calling script basename>@<line>``, limit from ``timeo=N`` seen within 3
-  lines after the call or after ``Waiting for VMs``, else the call argument,
+  ``<calling script basename>@<line>``, limit from the first ``timeo=N``
+  xtrace line after the call while its wait is open (2024+: right after the
+  call; before: right after ``Waiting for VMs``), else the call argument,
   else 90. waited_s runs from ``Waiting for VMs to shutdown...`` to ``All VMs
   successfully shut down`` or to the timeout evidence; None if the log ends
   (or the test fails otherwise) before either.
@@ -87,36 +112,44 @@ from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, Outcome, R
 
 __all__ = ["parse_lines", "parse_file", "parse_text", "NEEDLES"]
 
-# A line is interesting iff it contains one of these (plus follow-up lines the
-# parser asks for). Kept few and long: without Hyperscan each is one C-speed
-# scan of the file.
+# A line is interesting iff it contains one of these (plus, while a time waits
+# for a clock, the lines that start like an xtrace line). Without Hyperscan
+# each is one C-speed scan of the file.
 NEEDLES: tuple[str, ...] = (
-    "*" * 20,  # run_test banner lines; START/END TEST is watched for in the next 4 lines
     "shut",  # with "VMs" or "vm_shutdown_all" in the same line (see _SHUT_ALSO):
     # the call, Waiting for VMs / All VMs successfully / Not all VMs / old timeout
     # messages, err_clean vm_shutdown_all, backtrace frames
     "==========",  # backtrace banner, error() block separator
+    "TEST ",  # run_test's START TEST / END TEST banner
+    "err_clean",  # the ERR traps
+    "error_exit",
     "FLAKEBOT-ITERATION-",  # our markers
     "\x1b",  # ANSI: strip, then look again
 )
+# Lines with these are chosen only while the parser wants them: timeo= while
+# a wait has no limit yet (_Parser.want_limit), ERROR:/FAIL: while an error
+# block is open (err_open). Still by content and state only, never by
+# distance; it spares the bytes.find scanner three passes per block.
+WANTED: tuple[str, ...] = ("timeo=", "ERROR:", "FAIL:")
 _SHUT_ALSO = ("VMs", "vm_shutdown_all")
 _NEEDLES_B = tuple(n.encode() for n in NEEDLES)
-_OTHER_B = _NEEDLES_B[2:]  # after stars and shut; ESC last
+# after shut; the two traps are found by one regex search (one scan for both,
+# from their common "err": cheaper than two bytes.find passes)
+_OTHER_B = tuple(n for n in _NEEDLES_B[1:] if n not in (b"err_clean", b"error_exit"))
+_TRAPS_B = re.compile(rb"err(?:_clean|or_exit)")
+_TIMEO_B, _ERROR_B, _FAIL_B = (n.encode() for n in WANTED)
 _SHUT_B = b"shut"
 _SHUT_ALSO_B = tuple(n.encode() for n in _SHUT_ALSO)
 # Hyperscan finds the needles in one pass where it is installed (spdklog_scan);
 # else one bytes.find pass per needle. Tests switch this off to test both.
 _HS = _scan.AVAILABLE
-_STARS_K, _VMS = _scan.STARS, _scan.VMS
-# A watched line (see _Parser.watch) is fed if it contains one of these.
-WATCHED: tuple[str, str] = ("timeo=", "TEST")
-_W0, _W1 = WATCHED
-_W0B, _W1B = (w.encode() for w in WATCHED)
+_VMS, _TIMEO_K, _ERR_K = _scan.VMS, _scan.TIMEO, _scan.ERR
 
-_CLOCK_FOLLOW = 8  # lines to look ahead for an xtrace clock
-_LIMIT_FOLLOW = 3  # lines after the call / Waiting to look for timeo=N
 _MAX_STACK = 32
-_MAX_LINE = 1 << 20  # a "line" longer than this is cut (binary junk)
+_MAX_LINE = 1 << 20  # a "line" longer than this is cut (binary junk), in characters
+# bytes of a line that always decode to at least its first _MAX_LINE characters
+# (UTF-8: at most 4 bytes per character, plus a sequence cut at the end)
+_KEEP = 4 * _MAX_LINE + 3
 _BLOCK = 1 << 20
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
@@ -129,6 +162,16 @@ _XSTART = (" ", "+", "\t")
 _XTRACE = re.compile(
     r"[+ ]*([0-9][0-9]):([0-9][0-9]):([0-9][0-9])[\t ]+(?:\S+ +)?-- (\S+)@(\d+)(?: -- [#$] ?|: ?)(.*)"
 )
+# The start of a line that feed() may read as an xtrace line (a superset: feed
+# decides): an optional prefix, "+"/" ", the wall clock. While a time waits for
+# a clock, the drivers feed every line that starts so (str and bytes forms: the
+# same lines, the pattern is ASCII).
+_XHEAD_P = (r"(?:[0-9]{1,6}:[0-9][0-9]:[0-9][0-9]\.[0-9]{3}  "
+            r"|[0-9]{4}-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9](?:\.[0-9]{1,9})?Z ?)?"
+            r"[+ ]+[0-9][0-9]:[0-9][0-9]:[0-9][0-9][\t ]")
+_XHEAD = re.compile(_XHEAD_P)
+_XHEAD_B = re.compile(_XHEAD_P.encode())
+_XNEXT_B = re.compile(b"\n" + _XHEAD_P.encode())  # search: the next such line
 _BANNER = re.compile(r"\s*(START|END) TEST (\S{1,200})(?: \(in (\d{1,9}(?:\.\d{1,9})?)s\))?\s*$")
 _MARKER = re.compile(r"FLAKEBOT-ITERATION-(START|END)((?:\s+\w+=\S*)*)")
 _KV = re.compile(r"(\w+)=(\S*)")
@@ -166,11 +209,11 @@ _S2T = {k: v * _TICKS for k, v in _N2B.items()}
 # cascade. A Jenkins prefix, then one of: an xtrace line, Waiting for VMs /
 # All VMs successfully shut down, START/END TEST. Each part is feed's own
 # regex (_JPREFIX, _XTRACE, _BANNER) over a narrower alphabet: printable
-# ASCII without "*", space, tab (\S -> _A, . -> _B, \s -> [\t ],
+# ASCII without "*" (feed once treated lines of stars apart), space, tab (\S -> _A, . -> _B, \s -> [\t ],
 # \d -> [0-9]); the trailing "\r*" is feed's rstrip. On such a line the str
 # regexes match the same way with the same groups, and feed's other checks
-# (ESC, 20 stars, invalid UTF-8: not in the alphabet; the 1 MiB cut: the
-# callers check the length) cannot fire, except FLAKEBOT-ITERATION- in a
+# (ESC, invalid UTF-8: not in the alphabet; the 1 MiB cut: the callers check
+# the length) cannot fire, except FLAKEBOT-ITERATION- in a
 # banner's test name (fast() hands that line to feed). Any other line goes
 # to feed. tests/test_spdklog_fast.py compares the two line by line.
 # The two xtrace commands that matter are told apart here too, as _xtrace
@@ -193,6 +236,14 @@ _FAST = re.compile(
     rb"|INFO: (W)aiting for VMs to shutdown\.\.\.\r*|INFO: All VMs successfully shut down\r*"
     rb"|(START|END) TEST (" + _A + rb"{1,200})(?: \(in ([0-9]{1,9}(?:\.[0-9]{1,9})?)s\))?[\t \r]*"
     rb")$")
+
+
+def _measured(a: Optional[list], b: Optional[list]) -> Optional[float]:
+    """_diff for a wait: None if a time got no clock before the end of the
+    log (Parser.close marks those: a lower bound is not a measurement)."""
+    if a is None or b is None or len(a) > 2 or len(b) > 2:
+        return None
+    return _diff(a, b)
 
 
 def _diff(a: Optional[list], b: Optional[list]) -> Optional[float]:
@@ -265,20 +316,21 @@ class _Frame:
 class _Parser:
     def __init__(self, slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S):
         self.slow = float(slow_threshold_s)
-        # The drivers (parse_lines, _scan_block) count these down, one per line
-        # after the line that set them, and feed such lines even if they
-        # contain no needle: all of them (follow, clock) or those with a
-        # WATCHED substring (watch). clock drops to 0 as soon as an xtrace
-        # line has given the pending times their clock.
-        self.follow = 0
-        self.clock = 0
-        self.watch = 0
-        self.after_banner = False
+        # error()/fail() blocks (see the module doc): the run whose block is
+        # open (waiting for its ERROR:/FAIL: line), the run whose block had
+        # it (its next line of "=" closes it)
+        self.err_open: Optional[_Run] = None
+        self.err_close: Optional[_Run] = None
+        self.cut_line = False  # the line being fed is a last line cut short
+        # a wait was opened and has no timeo=N yet: timeo= lines are wanted
+        # (like err_open for ERROR:/FAIL: lines; see WANTED)
+        self.want_limit = False
         self.out: list[Run] = []
         self.stack: list[_Run] = []
         self.frame: Optional[_Frame] = None
         self.counts: dict[str, int] = {}
         self.pending: list[list] = []  # times waiting for the next xtrace clock
+        self.deferred: list[tuple] = []  # finished Runs held back for pending times
         self.x_off = 0
         self.x_raw: Optional[int] = None
         self.x_last: Optional[int] = None
@@ -286,31 +338,13 @@ class _Parser:
         self._day0: Optional[int] = None
 
     # ----------------------------------------------------------------- lines
-    def stars(self) -> None:
-        """A banner line of stars (no ANSI in it): START/END TEST should follow
-        within 4 lines, unless this is the closing line of a banner."""
-        if self.after_banner:
-            self.after_banner = False
-        elif self.watch < 4:
-            self.watch = 4
-
     def feed(self, line: str) -> None:
         # the hot path: kept to few operations (see docs/benchmarks/parse.md)
+        if len(line) > _MAX_LINE:
+            line = line[:_MAX_LINE]
+        line = line.rstrip("\r\n")
         if "\x1b" in line:
-            self.after_banner = False
-            if len(line) > _MAX_LINE:
-                line = line[:_MAX_LINE]
-            line = line.rstrip("\r\n")
-            if "\x1b" in line:
-                line = _ANSI.sub("", line).replace("\x1b", "")
-        elif _STARS in line:
-            self.stars()
-            return
-        else:
-            self.after_banner = False
-            if len(line) > _MAX_LINE:
-                line = line[:_MAX_LINE]
-            line = line.rstrip("\r\n")
+            line = _ANSI.sub("", line).replace("\x1b", "")
         p = None
         pos = 0
         m = _JPREFIX.match(line)
@@ -358,9 +392,6 @@ class _Parser:
         body = rest.strip()
         if not body:
             return
-        if body.startswith(_STARS):
-            self.stars()
-            return
         if "FLAKEBOT-ITERATION-" in body:
             mm = _MARKER.search(body)
             if mm:
@@ -389,14 +420,19 @@ class _Parser:
                         return
             return
         if "==========" in body:
-            low = body.lower()
-            if "backtrace start" in low:
+            if "backtrace start" in body.lower():
                 self._evidence(run, "backtrace", tm, shutdown_hint=False)
-            elif self.follow < 2:
-                self.follow = 2  # error() block: ERROR: on the next line
+            elif not body.strip("="):  # error()/fail(): a line of "=" only
+                if self.err_close is run:
+                    self.err_close = None  # the block's closing line
+                else:
+                    self.err_open = run
             return
         if body.startswith(("ERROR:", "FAIL:")):
-            self._evidence(run, body[:80], tm, shutdown_hint=False)
+            if self.err_open is run:  # the message of the open block
+                self.err_open = None
+                self.err_close = run
+                self._evidence(run, body[:80], tm, shutdown_hint=False)
             return
         if "vm_shutdown_all" in body and _FRAME_IN_SHUTDOWN.search(body):
             self._evidence(run, "backtrace in vm_shutdown_all", tm, shutdown_hint=True)
@@ -414,17 +450,17 @@ class _Parser:
             for tm in self.pending:
                 tm[1] = x
             self.pending.clear()
-            self.clock = 0
+            if self.deferred:
+                self._flush()
         return x
 
     # _banner, _waiting, _all_down: tm has a clock or is registered for one
     # (_clock; feed does that, the fast path's lines have prefix clocks)
     def _banner(self, start: bool, name: str, in_s: Optional[str], tm: list) -> None:
         """A START/END TEST line that run_test printed."""
-        self.watch = 0
-        self.after_banner = True
         if start:
-            self._start_test(name, tm)
+            if not self.cut_line:  # else the name may be cut short
+                self._start_test(name, tm)
         else:
             self._end_test(name, in_s, tm)
 
@@ -435,11 +471,9 @@ class _Parser:
             # no call line seen for this wait (xtrace off?)
             w = run.cur = _Wait("?", None)
             run.waits.append(w)
+            self.want_limit = True
         w.start = tm
         run.last = tm
-        if not w.limit_set:  # pre-2024 code sets timeo after this line
-            if self.watch < _LIMIT_FOLLOW:
-                self.watch = _LIMIT_FOLLOW
 
     def _all_down(self, run: _Run, w: _Wait, tm: list) -> None:
         """All VMs successfully shut down (w is waiting)."""
@@ -447,11 +481,11 @@ class _Parser:
         w.done = True
         run.last = tm
         run.cur = None
+        self.want_limit = False
 
     def fast(self, m: "re.Match[bytes]") -> None:
         """What feed() does with a line that _FAST matched (see there), from
         the match over the raw bytes: no decoding of the line, no cascade."""
-        self.after_banner = False
         k = m.lastindex
         # groups 5-14 belong to the xtrace alternative; "All VMs successfully
         # shut down" has no group of its own (k == 4)
@@ -504,8 +538,6 @@ class _Parser:
         """tm, registered to get the next xtrace clock if it has no clock."""
         if tm[0] is None and tm[1] is None:
             self.pending.append(tm)
-            if self.clock < _CLOCK_FOLLOW:
-                self.clock = _CLOCK_FOLLOW
         return tm
 
     def _now(self, tm: list) -> list:
@@ -546,8 +578,7 @@ class _Parser:
         w = _Wait(site, arg_limit)
         run.waits.append(w)
         run.cur = w
-        if self.watch < _LIMIT_FOLLOW:
-            self.watch = _LIMIT_FOLLOW
+        self.want_limit = True
 
     def _limit(self, run: _Run, limit: int) -> None:
         """A timeo=N line (xtrace): the limit of the wait being followed."""
@@ -555,12 +586,13 @@ class _Parser:
         if w is not None and not w.limit_set and not w.done and not w.timed_out:
             w.limit = limit
             w.limit_set = True
-            self.watch = 0
+            self.want_limit = False
 
     def _timeout(self, run: _Run, w: _Wait, tm: list) -> None:
         w.end = self._clock(tm)
         w.timed_out = True
         run.cur = None
+        self.want_limit = False
         run.last = w.end
         if not run.evidence:
             run.evidence = "vm_shutdown_all timed out"
@@ -576,7 +608,7 @@ class _Parser:
         if not run.evidence:
             run.evidence = why
         if not timed:
-            run.last = self._now(tm)
+            run.last = self._clock(tm)
 
     # ---------------------------------------------------------- run banners
     def _start_test(self, name: str, tm: list) -> None:
@@ -650,6 +682,8 @@ class _Parser:
 
     # --------------------------------------------------------------- markers
     def _marker(self, mm: re.Match, tm: list) -> None:
+        if self.cut_line:
+            return  # a cut test name or rc
         kv = dict(_KV.findall(mm.group(2) or ""))
         test = kv.get("test", "")
         try:
@@ -717,23 +751,38 @@ class _Parser:
 
     # ------------------------------------------------------------ finishing
     def _finish(self, r: _Run, cut_marker: bool = False) -> None:
+        if self.err_open is r:
+            self.err_open = None
+        if r.cur is not None:
+            self.want_limit = False
         if r.wrapper:
             return
-        # times still waiting for a clock get the last one, provisionally
-        # (the next xtrace line overwrites them; they may belong to a later run)
-        for tm in self.pending:
-            tm[1] = self.x_last
+        if self.pending or self.deferred:
+            # its times may still wait for a clock: emit it (in order) then
+            self.deferred.append((r, cut_marker))
+            return
+        self._emit(r, cut_marker)
+
+    def _flush(self) -> None:
+        d = self.deferred
+        self.deferred = []
+        for r, cut_marker in d:
+            self._emit(r, cut_marker)
+
+    def _emit(self, r: _Run, cut_marker: bool) -> None:
         # one loop, no generators: this runs once per Run
         shutdowns = []
         timed_site = None
         worst = None
         for w in r.waits:
+            # a time that got no clock before the end of the log (3 items)
+            # is a lower bound only: not a measured wait
             if w.timed_out:
-                waited = _diff(w.start, w.end)
+                waited = _measured(w.start, w.end)
                 if timed_site is None:
                     timed_site = w.site
             elif w.done:
-                waited = _diff(w.start, w.end)
+                waited = _measured(w.start, w.end)
                 if waited is not None and (worst is None or waited > worst):
                     worst = waited
             else:
@@ -770,52 +819,80 @@ class _Parser:
         self._close_frame(None)
         while self.stack:
             self._finish(self.stack.pop())
-
-
-_STARS = "*" * 20
-_STARS_B = _STARS.encode()
+        # the log ends: no later clock; the last one read is a lower bound
+        for tm in self.pending:
+            tm[1] = self.x_last
+            tm.append(None)  # marks it (see _emit)
+        self.pending.clear()
+        self._flush()
 
 
 def _is_candidate(line: str) -> bool:
-    return (_STARS in line or ("shut" in line and ("VMs" in line or "vm_shutdown_all" in line))
-            or "==========" in line or "FLAKEBOT-ITERATION-" in line or "\x1b" in line)
+    """The line contains a needle (NEEDLES); same choice as spdklog_scan."""
+    return (("shut" in line and ("VMs" in line or "vm_shutdown_all" in line))
+            or "==========" in line or "TEST " in line or "err_clean" in line or "error_exit" in line
+            or "FLAKEBOT-ITERATION-" in line or "\x1b" in line)
 
 
-assert NEEDLES == (_STARS, "shut", "==========", "FLAKEBOT-ITERATION-", "\x1b")
+assert NEEDLES == ("shut", "==========", "TEST ", "err_clean", "error_exit", "FLAKEBOT-ITERATION-", "\x1b")
+assert WANTED == ("timeo=", "ERROR:", "FAIL:")
+_END = object()
+
+
+def _take(p: _Parser, line: str) -> None:
+    """Feed p the line if it is chosen (see the module doc)."""
+    if len(line) > _MAX_LINE:
+        line = line[:_MAX_LINE]
+    if (_is_candidate(line) or (p.pending and _XHEAD.match(line))
+            or (p.want_limit and "timeo=" in line)
+            or (p.err_open is not None and ("ERROR:" in line or "FAIL:" in line))):
+        p.feed(line)
 
 
 def parse_lines(lines: Iterable[Union[str, bytes]], *,
                 slow_threshold_s: float = DEFAULT_SLOW_THRESHOLD_S) -> Iterator[Run]:
-    """Yield each Run as soon as it is complete. Lines may be str or bytes."""
+    """Yield each Run as soon as it is complete (in a log without prefix:
+    once its times have their clock, see the module doc), reading one line
+    ahead. Lines may be str or bytes. The last item is taken as a line cut
+    short (the log was cut inside it) when it has no line break and an item
+    before it had one."""
+    return _parse_items(lines, slow_threshold_s, None)
+
+
+def _parse_items(lines: Iterable[Union[str, bytes]], slow_threshold_s: float,
+                 cut_last: Optional[bool]) -> Iterator[Run]:
+    """parse_lines; cut_last: whether the last item was cut (None: guess
+    from the line breaks, see parse_lines)."""
     p = _Parser(slow_threshold_s)
     out = p.out
+    broken = False  # an item ended with a line break
+    prev: object = _END  # one item behind, to know the last one
     for line in lines:
-        if type(line) is not str:
-            if isinstance(line, (bytes, bytearray, memoryview)):
-                line = bytes(line).decode("utf-8", "replace")
-            else:
-                line = str(line)
-        f = p.follow
-        w = p.watch
-        c = p.clock
-        if f or w or c:
-            if f:
-                p.follow = f - 1
-            if w:
-                p.watch = w - 1
-            if c:
-                p.clock = c - 1
-            if not (f or c or (w and (_W0 in line or _W1 in line)) or _is_candidate(line)):
-                continue
-        elif not _is_candidate(line):
-            continue
-        p.feed(line)
-        if out:
-            yield from out
-            out.clear()
+        if prev is not _END:
+            if type(prev) is not str:
+                prev = _text(prev)
+            if not broken and prev.endswith("\n"):
+                broken = True
+            _take(p, prev)
+            if out:
+                yield from out
+                out.clear()
+        prev = line
+    if prev is not _END:
+        if type(prev) is not str:
+            prev = _text(prev)
+        p.cut_line = cut_last if cut_last is not None else broken and not prev.endswith("\n")
+        _take(p, prev)
+        p.cut_line = False
     p.close()
     yield from out
     out.clear()
+
+
+def _text(line: object) -> str:
+    if isinstance(line, (bytes, bytearray, memoryview)):
+        return bytes(line).decode("utf-8", "replace")
+    return str(line)
 
 
 def parse_text(text: Union[str, bytes], *,
@@ -824,9 +901,12 @@ def parse_text(text: Union[str, bytes], *,
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8", "replace")
     lines = text.split("\n")
-    if lines and lines[-1] == "":
+    if lines[-1] == "":
         lines.pop()
-    return list(parse_lines(lines, slow_threshold_s=slow_threshold_s))
+        cut = False
+    else:  # no line break at the end: cut inside the last line, if any before it
+        cut = len(lines) > 1
+    return list(_parse_items(lines, slow_threshold_s, cut))
 
 
 def parse_file(path_or_file: Union[str, "os.PathLike[str]", IO[bytes]], *,
@@ -847,98 +927,103 @@ def _parse_stream(f: IO[bytes], slow_threshold_s: float) -> Iterator[Run]:
     scan_block = _scan_block if _HS and _scan.ready() else _scan_block_find
     out = p.out
     carry = b""
+    giant = False  # carry is the head of a line longer than _KEEP: drop the rest of it
+    broken = False  # a line break seen
     while True:
         block = f.read(_BLOCK)
         if not block:
             break
-        if carry:
+        if giant:
+            i = block.find(b"\n")
+            if i < 0:
+                continue
+            # the giant line ends here: its head is all of it that counts
+            giant = False
+            broken = True
+            scan_block(p, carry + b"\n", len(carry) + 1)
+            carry = b""
+            block = block[i + 1:]
+        elif carry:
             block = carry + block
         end = block.rfind(b"\n") + 1
         if end == 0:
-            if len(block) > _MAX_LINE * 4:
-                # a giant "line" (binary junk): treat what we have as one line
-                scan_block(p, block + b"\n", len(block) + 1)
-                carry = b""
+            if len(block) > _KEEP:
+                carry = block[:_KEEP]
+                giant = True
             else:
                 carry = block
             continue
+        broken = True
         carry = block[end:]
         scan_block(p, block, end)
         if out:
             yield from out
             out.clear()
     if carry:
+        p.cut_line = broken  # the last line has no line break
         scan_block(p, carry + b"\n", len(carry) + 1)
+        p.cut_line = False
     p.close()
     yield from out
     out.clear()
 
 
+def _line(p: _Parser, buf: bytes, s: int, e: int) -> None:
+    """Feed p the line buf[s:e], through the fast path if it takes it."""
+    if e - s <= _MAX_LINE:
+        m = _FAST.match(buf, s, e)
+        if m is not None:
+            p.fast(m)
+        else:
+            p.feed(buf[s:e].decode("utf-8", "replace"))
+    else:  # cut it first, as parse_lines does, then choose again
+        _take(p, buf[s:min(e, s + _KEEP)].decode("utf-8", "replace"))
+
+
 def _scan_block(p: _Parser, buf: bytes, end: int) -> None:
-    """Feed p the candidate lines of buf[:end] (whole lines) in order, plus
-    the follow-up lines it asks for. Same line choice as parse_lines. The
-    candidates come from one Hyperscan pass (spdklog_scan.hits); lines of
-    stars, in blocks without ESC, from _walk."""
+    """Feed p the chosen lines of buf[:end] (whole lines) in order: same
+    choice as parse_lines. The needles come from one Hyperscan pass
+    (spdklog_scan.hits); the lines between them from _walk, while a time
+    waits for a clock."""
     find = buf.find
     rfind = buf.rfind
-    # In a block without ESC, a line of stars only ever does p.stars() (what
-    # feed() would do with it): Hyperscan does not look for them, _walk finds
-    # them in the gaps between hits. With ESC, they are hits and go to feed.
-    esc = find(b"\x1b", 0, end) >= 0
-    # the next "*" at or after pos (-1: none left): most gaps have none, and
-    # then no find is needed for them
-    star = -1 if esc else find(b"*", 0, end)
     pos = 0
     feed = p.feed
     fast = p.fast
     fast_match = _FAST.match
-    for h in _scan.hits(buf, end, esc):
-        to = h >> 3
+    for h in _scan.hits(buf, end):
+        to = h >> 4
         if to < pos:
             continue  # another hit in a line already handled
         s = rfind(b"\n", 0, to) + 1
-        kind = h & 7
         e = find(b"\n", to, end)
-        if kind == _VMS and find(_SHUT_B, s, e) < 0:
+        k = h & 15
+        if k == _VMS and find(_SHUT_B, s, e) < 0:
             continue
-        st = -1
-        if 0 <= star < s:
-            if star < pos:
-                star = find(b"*", pos, end)
-            if 0 <= star < s:
-                st = find(_STARS_B, star, s)
-        if st >= 0 or p.follow or p.watch or p.clock:
-            pos = _walk(p, buf, pos, s, st)
-            if p.follow:
-                p.follow -= 1
-            if p.watch:
-                p.watch -= 1
-            if p.clock:
-                p.clock -= 1
+        if p.pending and pos < s:
+            pos = _walk(p, buf, pos, s)
+        # a WANTED needle counts only while the parser wants it (the state
+        # after every line before this one: the walk came first)
+        if (k == _TIMEO_K and not p.want_limit) or (k == _ERR_K and p.err_open is None):
+            continue
         pos = e + 1
-        m = fast_match(buf, s, e) if e - s <= _MAX_LINE else None
-        if m is not None:
-            fast(m)
+        if e - s <= _MAX_LINE:
+            m = fast_match(buf, s, e)
+            if m is not None:
+                fast(m)
+            else:
+                feed(buf[s:e].decode("utf-8", "replace"))
         else:
-            feed(buf[s:e].decode("utf-8", "replace"))
-    st = -1 if star < 0 or find(b"*", pos, end) < 0 else find(_STARS_B, pos, end)
-    if st >= 0 or p.follow or p.watch or p.clock:
-        _walk(p, buf, pos, end, st)
+            _line(p, buf, s, e)
+    if p.pending and pos < end:
+        _walk(p, buf, pos, end)
 
 
 def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
     """_scan_block without Hyperscan: one bytes.find pass per needle."""
-    # start -> end of each candidate line; ~end (< 0) for a line of stars in a
-    # block without ESC, handled here without decoding (what feed() would do)
-    lines: dict[int, int] = {}
+    lines: dict[int, int] = {}  # start -> end of each line with a needle
     find = buf.find
     rfind = buf.rfind
-    esc = find(b"\x1b", 0, end) >= 0
-    i = find(_STARS_B, 0, end)
-    while i >= 0:
-        e = find(b"\n", i, end)
-        lines[rfind(b"\n", 0, i) + 1] = e if esc else ~e
-        i = find(_STARS_B, e + 1, end)
     a, b = _SHUT_ALSO_B
     i = find(_SHUT_B, 0, end)
     while i >= 0:
@@ -947,80 +1032,60 @@ def _scan_block_find(p: _Parser, buf: bytes, end: int) -> None:
         if find(a, s, e) >= 0 or find(b, s, e) >= 0:
             lines[s] = e
         i = find(_SHUT_B, e + 1, end)
-    for nd in _OTHER_B if esc else _OTHER_B[:-1]:
+    for nd in _OTHER_B:
         i = find(nd, 0, end)
         while i >= 0:
             e = find(b"\n", i, end)
             lines[rfind(b"\n", 0, i) + 1] = e
             i = find(nd, e + 1, end)
+    search = _TRAPS_B.search
+    m = search(buf, 0, end)
+    while m is not None:
+        i = m.start()
+        e = find(b"\n", i, end)
+        lines[rfind(b"\n", 0, i) + 1] = e
+        m = search(buf, e + 1, end)
     pos = 0
-    feed = p.feed
-    fast = p.fast
-    fast_match = _FAST.match
     for s, e in sorted(lines.items()):
-        if s < pos:
-            continue
-        if p.follow or p.watch or p.clock:
-            pos = _walk(p, buf, pos, s, -1)
-            if p.follow:
-                p.follow -= 1
-            if p.watch:
-                p.watch -= 1
-            if p.clock:
-                p.clock -= 1
-        if e < 0:  # stars: p.stars()
-            pos = ~e + 1
-            if p.after_banner:
-                p.after_banner = False
-            elif p.watch < 4:
-                p.watch = 4
-            continue
+        if pos < s and (p.pending or p.want_limit or p.err_open is not None):
+            _walk(p, buf, pos, s, True)
         pos = e + 1
-        m = fast_match(buf, s, e) if e - s <= _MAX_LINE else None
-        if m is not None:
-            fast(m)
-        else:
-            feed(buf[s:e].decode("utf-8", "replace"))
-    if p.follow or p.watch or p.clock:
-        _walk(p, buf, pos, end, -1)
+        _line(p, buf, s, e)
+    if pos < end and (p.pending or p.want_limit or p.err_open is not None):
+        _walk(p, buf, pos, end, True)
 
 
-def _walk(p: _Parser, buf: bytes, pos: int, stop: int, st: int) -> int:
-    """Lines from pos up to stop (no needle in them) while the parser follows,
-    waits for a clock or watches, or up to the last line of stars; returns
-    where it stopped. st: where the first run of 20 stars in buf[pos:stop]
-    is, or -1 (none, or the caller handles lines of stars: they are hits)."""
+def _walk(p: _Parser, buf: bytes, pos: int, stop: int, wanted: bool = False) -> int:
+    """The lines of buf[pos:stop] (whole lines, no needle in them) that the
+    parser wants: while a time waits for a clock, those that start like an
+    xtrace line (_XHEAD), until one gives the clock; with wanted (the
+    bytes.find scanner, which has no hits for them), also those with a
+    WANTED needle while the parser wants it. Returns where it stopped."""
     find = buf.find
-    fast_match = _FAST.match
     while pos < stop:
-        f = p.follow
-        w = p.watch
-        c = p.clock
-        if not (f or w or c):
-            if st < 0:
-                break
-            # nothing open: skip to the next line of stars
-            ls = buf.rfind(b"\n", pos, st) + 1
-            if ls > pos:
-                pos = ls
-        e = find(b"\n", pos, stop)
-        if f:
-            p.follow = f - 1
-        if w:
-            p.watch = w - 1
-        if c:
-            p.clock = c - 1
-        if 0 <= st < e:  # a line of stars, block without ESC: p.stars()
-            if p.after_banner:
-                p.after_banner = False
-            elif p.watch < 4:
-                p.watch = 4
-            st = find(_STARS_B, e + 1, stop)
-        elif f or c or (w and (find(_W0B, pos, e) >= 0 or find(_W1B, pos, e) >= 0)):
-            m = fast_match(buf, pos, e) if e - pos <= _MAX_LINE else None
-            if m is not None:
-                p.fast(m)
+        nxt = stop
+        if p.pending:
+            if _XHEAD_B.match(buf, pos, stop) is not None:
+                nxt = pos
             else:
-                p.feed(buf[pos:e].decode("utf-8", "replace"))
+                m = _XNEXT_B.search(buf, pos, stop)  # the line break before the next one
+                if m is not None:
+                    nxt = m.start() + 1
+        if wanted and nxt > pos:
+            if p.want_limit:
+                i = find(_TIMEO_B, pos, nxt)
+                if i >= 0:
+                    nxt = buf.rfind(b"\n", pos, i) + 1 or pos
+            if p.err_open is not None:
+                for nd in (_ERROR_B, _FAIL_B):
+                    i = find(nd, pos, nxt)
+                    if i >= 0:
+                        nxt = buf.rfind(b"\n", pos, i) + 1 or pos
+        if nxt >= stop:
+            return stop
+        e = find(b"\n", nxt, stop)
+        _line(p, buf, nxt, e)
         pos = e + 1
+        if not (p.pending or (wanted and (p.want_limit or p.err_open is not None))):
+            return pos
     return pos

@@ -72,7 +72,7 @@ def test_fallback_when_hyperscan_cannot_compile(monkeypatch):
             raise spdklog_scan._hs.error("unsupported platform")
 
     monkeypatch.setattr(spdklog_scan._hs, "Database", Broken)
-    monkeypatch.setattr(spdklog_scan, "_dbs", [None, None])
+    monkeypatch.setattr(spdklog_scan, "_db", None)
     monkeypatch.setattr(spdklog_scan, "_ready", None)
     assert list(parse_file(io.BytesIO(data))) == expected
     assert spdklog_scan.ready() is False
@@ -81,11 +81,13 @@ def test_fallback_when_hyperscan_cannot_compile(monkeypatch):
 @pytest.mark.skipif(not spdklog_scan.AVAILABLE, reason="hyperscan not installed")
 def test_hits_one_per_needle_run():
     buf = (b"x\n" + b"*" * 36 + b"\n== " + b"=" * 11 + b" x\n"
-           b"a VMs shut\n\x1b[0m\x1b[1m\n vm_shutdown_all\nFLAKEBOT-ITERATION-END\n")
-    kinds = [h & 7 for h in spdklog_scan.hits(buf, len(buf))]
+           b"a VMs shut\n\x1b[0m\x1b[1m\n vm_shutdown_all\nFLAKEBOT-ITERATION-END\n"
+           b"START TEST t\nEND TEST t\nlocal timeo=5\nERROR: x\nFAIL: y\nerr_clean a\nerror_exit b\n")
+    kinds = [h & 15 for h in spdklog_scan.hits(buf, len(buf))]
     S = spdklog_scan
-    assert kinds == [S.STARS, S.EQ, S.VMS, S.ESC, S.ESC, S.CALL, S.MARK]
-    offs = [h >> 3 for h in spdklog_scan.hits(buf, len(buf))]
+    assert kinds == [S.EQ, S.VMS, S.ESC, S.ESC, S.CALL, S.MARK, S.TEST, S.TEST, S.TIMEO, S.ERR, S.ERR,
+                     S.TRAP, S.TRAP]
+    offs = [h >> 4 for h in spdklog_scan.hits(buf, len(buf))]
     assert offs == sorted(offs)
     assert spdklog_scan.hits(buf, 2) == []  # only buf[:end] is scanned
 
