@@ -21,7 +21,7 @@ from rich.text import Text
 from flakebot import spdklog
 from flakebot.batch import run_at
 from flakebot.campaign import BisectCampaign, BisectParams, Progress as CampaignProgress, open_bisect
-from flakebot.cliutil import FlakebotGroup, InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
+from flakebot.cliutil import FlakebotGroup, InputError, config_from, executor_options, executor_overrides, guard
 from flakebot.config import load_config
 from flakebot.model import OUTCOME_LABEL, OUTCOME_ORDER, fmt_outcomes
 from flakebot.report import write_reports
@@ -255,11 +255,16 @@ def print_bisect_result(r: dict) -> None:
         out.print(f"  {info.get('subject', '')}", highlight=False)
         rates = r.get("rates")
         if rates:
-            cols = [Col("side", "left"), Col("timeouts"), Col("near misses"), Col("other failures")]
-            rows = [[side] + [fmt_rate(rates[side][k]) for k in ("timeout", "near_miss", "fail")]
-                    for side in ("before", "after")]
-            out.print(fitted("failure rates on each side of the culprit (k/n, estimate [90% interval])",
-                             cols, rows, out.width))
+            # One row per class and side: four narrow columns fit 80 columns, where a
+            # class per column folded every interval onto a second line.
+            cols = [Col("", "left"), Col("side", "left"), Col("k/n"), Col("estimate"), Col("90% interval")]
+            rows = []
+            for k, name in (("timeout", "timeouts"), ("near_miss", "near misses"), ("fail", "other failures")):
+                for side in ("before", "after"):
+                    x = rates[side][k]
+                    rows.append([name if side == "before" else "", side, f"{x['k']}/{x['n']}",
+                                 f"{x['rate']:.3f}", f"[{x['lo']:.3f}, {x['hi']:.3f}]"])
+            out.print(fitted("failure rates on each side of the culprit", cols, rows, out.width))
     elif verdict == "culprit-range":
         rg = r["culprit_range"]
         out.print(f"[bold]culprit range[/] {rg['first'][:10]}..{rg['last'][:10]} "

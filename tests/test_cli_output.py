@@ -104,11 +104,12 @@ def test_bisect_result(lab, width, monkeypatch):
     fit(text, width)
     assert r["culprit"][:10] in text and f"{r['confidence']:.3f}" in text
     rates = text[text.index("failure rates"):text.index("vm_shutdown_all waits")]
-    for side in ("before", "after"):
-        line = table_line(rates, side)
-        for k in ("timeout", "near_miss", "fail"):
-            x = r["rates"][side][k]
-            assert f"{x['k']}/{x['n']}" in line
+    # one row per class and side, in the order timeouts, near misses, other failures
+    rows = [ln.split() for ln in rates.splitlines() if ln.split()[-5:-4] in (["before"], ["after"])]
+    want = [(side, r["rates"][side][k]) for k in ("timeout", "near_miss", "fail") for side in ("before", "after")]
+    assert len(rows) == len(want)
+    for row, (side, x) in zip(rows, want):
+        assert row[-5:] == [side, f"{x['k']}/{x['n']}", f"{x['rate']:.3f}", f"[{x['lo']:.3f},", f"{x['hi']:.3f}]"]
     assert f"{r['runs']} runs ({r['infra_runs']} infra), {r['builds']} builds" in " ".join(text.split())
     for ws in r["waits"]:
         line = [ln for ln in text.splitlines() if ws["side"] in ln and ws["call_site"] in ln]
