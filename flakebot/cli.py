@@ -178,7 +178,7 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, max_build
     if abort_id is not None:
         cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
         with open_existing_store(cfg) as store:
-            BisectCampaign(store, build_executor(cfg), abort_id).abort()
+            BisectCampaign(store, build_executor(cfg), abort_id, lease_seconds=cfg.store.lease_seconds).abort()
         out.print(f"campaign {abort_id} aborted; its finished runs stay stored")
         return
     for name, v in (("--max-runs", max_runs), ("--max-host-hours", max_host_hours), ("--max-builds", max_builds)):
@@ -227,7 +227,8 @@ def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool) -> dict:
             elif not quiet:
                 err.print(line, highlight=False)
         camp = BisectCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg),
-                              on_progress=show if (not quiet and err.is_terminal) else lambda p: None)
+                              on_progress=show if (not quiet and err.is_terminal) else lambda p: None,
+                              lease_seconds=cfg.store.lease_seconds)
         try:
             return camp.run()
         except KeyboardInterrupt:

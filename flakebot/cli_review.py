@@ -69,7 +69,8 @@ def verify(ctx, patch, parent, test, iterations, db, executor, command_, repo, s
         if resumed and not as_json:
             click.echo(f"continuing verify campaign {cid}", err=True)
         try:
-            result = VerifyCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg)).run()
+            result = VerifyCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg),
+                                    lease_seconds=cfg.store.lease_seconds).run()
         except KeyboardInterrupt:
             click.echo(f"interrupted; every finished run is stored. Run the same command again to continue "
                        f"(campaign {cid}).", err=True)

@@ -69,7 +69,8 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
             result["campaigns"] = []
             for cid in sorted({t["campaign_id"] for t in result["tests"]
                                if t["action"] in ("campaign-opened", "campaign-open") and t["campaign_id"]}):
-                result["campaigns"].append(BisectCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg)).run())
+                result["campaigns"].append(BisectCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg),
+                                                          lease_seconds=cfg.store.lease_seconds).run())
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

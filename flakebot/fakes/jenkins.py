@@ -107,7 +107,8 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
         iterations = max(0, int(params.get("FLAKEBOT_ITERATIONS") or 1))
         commit = params.get("SPDK_COMMIT", "") or "HEAD"
         run_id = params.get("FLAKEBOT_RUN_ID", "")
-        seed = zlib.crc32(f"{run_id}/{commit}".encode())
+        key = _seed_key(run_id)  # the same logs whichever database asked
+        seed = zlib.crc32(f"{key}/{commit}".encode())
         try:
             from flakebot import sim
         except ImportError:  # pragma: no cover - flakebot.sim missing
@@ -127,10 +128,18 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
                 behaviour = sim.Behaviour(p_hang=0.05, p_near_miss=0.1)
             yield from sim.console_lines(
                 test, commit, iterations, behaviour=behaviour, rng_seed=seed + i,
-                fmt="jenkins", era=era, markers=True, run_id=run_id, clock=clock,
+                fmt="jenkins", era=era, markers=True, run_id=run_id, clock=clock, seed_id=key,
             )
 
     return factory
+
+
+def _seed_key(run_id: str) -> str:
+    try:
+        from flakebot.runids import seed_key
+    except ImportError:  # pragma: no cover - standalone copy of the fake
+        return run_id
+    return seed_key(run_id)
 
 
 def _fallback_console(test: str, iterations: int, seed: int) -> Iterator[str]:
