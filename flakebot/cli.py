@@ -206,9 +206,7 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, max_build
         else:
             cid, resumed = open_bisect(store, test, good_c, commits, BisectParams.from_config(cfg),
                                        is_ancestor=history.is_ancestor)
-        if resumed and not as_json:
-            err.print(f"continuing campaign {cid}")
-        result = drive_bisect(store, ex, cid, history, cfg, quiet=as_json)
+        result = drive_bisect(store, ex, cid, history, cfg, quiet=as_json, resumed=resumed)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -216,7 +214,7 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, max_build
     sys.exit(EXIT_INCONCLUSIVE if result["verdict"] == "inconclusive" else EXIT_OK)
 
 
-def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool) -> dict:
+def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool, resumed: bool = False) -> dict:
     with err.status("bisecting…", spinner="dots") if not quiet and err.is_terminal else _Null() as status:
         def show(p: CampaignProgress) -> None:
             top = f"{p.top_commit[:10]} p={p.top_probability:.3f}" if p.top_commit else "-"
@@ -230,7 +228,10 @@ def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool) -> dict:
                               on_progress=show if (not quiet and err.is_terminal) else lambda p: None,
                               lease_seconds=cfg.store.lease_seconds)
         try:
-            return camp.run()
+            with camp.lease:  # another driver: one line naming it, before anything is said or sent
+                if resumed and not quiet:
+                    err.print(f"continuing campaign {cid}")
+                return camp.run()
         except KeyboardInterrupt:
             if not hasattr(ex, "reattach") or getattr(ex, "stop_on_interrupt", False):
                 # A local run holds this host's VMs: stop it rather than leave it
