@@ -194,6 +194,7 @@ def jenkins_world(tmp_path, monkeypatch):
     from flakebot.demo_repo import build_demo_repo
     from flakebot.fakes.jenkins import FakeJenkins
     from flakebot.sim import Scenario
+    from tests.test_cli_jenkins import jenkins_config
 
     demo = build_demo_repo(tmp_path / "spdk", n_commits=30, seed=4)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -201,11 +202,7 @@ def jenkins_world(tmp_path, monkeypatch):
     monkeypatch.delenv("FLAKEBOT_CONFIG", raising=False)
     fake = FakeJenkins(agents=2, time_scale=0.5, scenario=Scenario.from_repo(str(demo.path)))
     with fake as url:
-        cfg = tmp_path / "flakebot.toml"
-        cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
-                       f'token_env = "TEST_JENKINS_TOKEN"\npoll_seconds = 0.05\n')
-        monkeypatch.setenv("TEST_JENKINS_TOKEN", fake.token)
-        yield demo, fake, cfg
+        yield demo, fake, jenkins_config(tmp_path, fake, url, monkeypatch, poll_seconds=0.05)
 
 
 def test_two_bisect_processes_on_one_campaign_the_second_is_refused(tmp_path, jenkins_world):
