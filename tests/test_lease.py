@@ -343,3 +343,106 @@ def test_two_databases_one_jenkins_503_on_every_trigger_adopt_only_their_own(tmp
         commits = {b["run_id"]: b["commit_sha"] for b in rows["a"]}
         assert any(commits.get(b["run_id"]) not in (None, b["commit_sha"]) for b in rows["b"])
     assert checked == len(rows["a"]) + len(rows["b"])
+
+
+def test_the_fake_jenkins_queues_a_trigger_it_answers_503(monkeypatch):
+    from flakebot.executors.jenkins import _HTTPStatusError
+    from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    fake = FakeJenkins(agents=0, user="u", token="t")
+    with fake as url:
+        ex = _jenkins(url)
+        fake.fail_triggers(1)
+        with pytest.raises(_HTTPStatusError) as e:
+            ex._server.build_job(DEFAULT_JOB, ex.parameters(_req("t-1")))
+        assert e.value.status == 503
+        (item,) = fake.queue.values()  # queued all the same, as behind a proxy that gave up
+        assert item.params["FLAKEBOT_RUN_ID"] == "t-1"
+        assert ex._server.build_job(DEFAULT_JOB, ex.parameters(_req("t-2"))) == 2
+        assert len(fake.queue) == 2  # the next trigger is answered normally
+
+
+def _jenkins(url, **kw):
+    from flakebot.executors.jenkins import JenkinsExecutor
+    from flakebot.fakes.jenkins import DEFAULT_JOB
+
+    return JenkinsExecutor(url, "u", "t", DEFAULT_JOB, "vfio-user", timeout=5.0, poll_seconds=0.005,
+                           backoff_seconds=0.002, retries=4, **kw)
+
+
+def _req(run_id, commit="a" * 40, iterations=1):
+    from flakebot.model import RunRequest
+
+    return RunRequest(run_id, commit, (TEST,), iterations)
+
+
+def test_jenkins_never_adopts_a_build_of_another_request_with_its_run_id(monkeypatch):
+    from flakebot.executors.jenkins import Handle
+    from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins
+    from flakebot.model import BuildState
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    fake = FakeJenkins(agents=1, time_scale=0.001, user="u", token="t")
+    with fake as url:
+        fake.set_online("agent-1", False)  # both stay queued while we look
+        theirs_req, ours_req = _req("dup-1", "a" * 40), _req("dup-1", "b" * 40)
+        theirs = Handle.decode(_jenkins(url).submit(theirs_req), DEFAULT_JOB)
+        fake.fail_triggers(1)
+        ex = _jenkins(url)
+        ours = Handle.decode(ex.submit(ours_req), DEFAULT_JOB)  # 503: found again by run id
+        assert ours.queue != theirs.queue
+        assert fake.queue[ours.queue].params["SPDK_COMMIT"] == "b" * 40
+        fake.set_online("agent-1", True)
+        done = {}
+        deadline = time.monotonic() + 30
+        while len(done) < 2:
+            assert time.monotonic() < deadline
+            for name, h, e in (("theirs", theirs, _jenkins(url)), ("ours", ours, ex)):
+                s = e.poll(h.encode())
+                if s.state is BuildState.DONE:
+                    done[name] = Handle.decode(s.external_id, DEFAULT_JOB)
+            time.sleep(0.01)
+        # After a restart: a stored handle of the other request's build is not ours ...
+        fresh = _jenkins(url)
+        found = Handle.decode(fresh.reattach(ours_req, done["theirs"].encode()), DEFAULT_JOB)
+        assert found.build == done["ours"].build
+        # ... nor is any build with the run id, for a request nobody built.
+        assert _jenkins(url).reattach(_req("dup-1", "c" * 40)) is None
+        # Followed by its handle, the other request's build is lost to us, never our answer.
+        s = fresh.poll(done["theirs"].encode())
+        assert s.state is BuildState.LOST and "another request's parameters (commit aaaaaaaaaa" in s.reason
+
+
+def test_the_sim_executor_never_adopts_another_request_with_its_run_id():
+    from flakebot.executors.base import ExecutorError
+    from flakebot.executors.sim import SimExecutor
+
+    ex = SimExecutor()
+    h = ex.submit(_req("s-1"))
+    assert ex.submit(_req("s-1")) == h
+    with pytest.raises(ExecutorError, match="run id s-1 already ran another request .* not adopting it"):
+        ex.submit(_req("s-1", iterations=2))
+
+
+def test_the_campaign_renews_its_lease_on_every_poll_tick(store):
+    from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+    from flakebot.executors.sim import SimExecutor
+    from flakebot.model import Commit
+
+    shas = [f"{i:040x}" for i in range(1, 9)]
+    cid, _ = open_bisect(store, TEST, Commit(shas[0]), [Commit(s) for s in shas[1:]],
+                         BisectParams(max_runs=12, confirm_runs=0))
+    camp = BisectCampaign(store, SimExecutor(polls_until_done=3), cid)
+    ticks = []
+    renew = camp.dispatcher.heartbeat
+
+    def heartbeat():
+        h = holder(store, cid)
+        ticks.append(h is not None and h.pid == os.getpid() and h.token == camp.lease.token)
+        renew()
+
+    camp.dispatcher.heartbeat = heartbeat
+    camp.run()
+    assert len(ticks) > 3 and all(ticks)  # every tick, held by this driver
+    assert holder(store, cid) is None
