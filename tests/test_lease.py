@@ -446,3 +446,17 @@ def test_the_campaign_renews_its_lease_on_every_poll_tick(store):
     camp.run()
     assert len(ticks) > 3 and all(ticks)  # every tick, held by this driver
     assert holder(store, cid) is None
+
+
+def test_the_lease_must_outlast_several_poll_ticks():
+    from flakebot.config import ConfigError, load_config
+
+    cfg = load_config(env={})
+    assert cfg.store.lease_seconds == 120.0
+    jenkins = {"executor.name": "jenkins", "jenkins.url": "https://ci.example.org/"}
+    assert cfg.with_overrides({**jenkins, "store.lease_seconds": 60}).store.lease_seconds == 60.0
+    with pytest.raises(ConfigError, match=r"^config: store.lease_seconds must be at least 4 x "
+                                          r"jenkins.poll_seconds \(60\) \(got 59\)$"):
+        cfg.with_overrides({**jenkins, "store.lease_seconds": 59})
+    with pytest.raises(ConfigError, match="store.lease_seconds must be a number between 1 and 86400"):
+        cfg.with_overrides({"store.lease_seconds": 0})
