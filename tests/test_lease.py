@@ -460,3 +460,23 @@ def test_the_lease_must_outlast_several_poll_ticks():
         cfg.with_overrides({**jenkins, "store.lease_seconds": 59})
     with pytest.raises(ConfigError, match="store.lease_seconds must be a number between 1 and 86400"):
         cfg.with_overrides({"store.lease_seconds": 0})
+
+
+def test_status_names_the_process_driving_each_campaign(tmp_path):
+    from flakebot.cli_service import status_data
+    from tests.test_nightly import World
+    from tests.test_service import open_a_campaign, write_config
+
+    world = World(tmp_path)
+    try:
+        cid = open_a_campaign(world)
+        cfg = write_config(world, tmp_path)
+        r = CliRunner().invoke(main, ["--config", cfg, "status"])
+        assert r.exit_code == 0 and "driven by" not in r.output
+        with CampaignLease(world.store, cid, identity=ELSEWHERE):
+            (camp,) = status_data(world.cfg)["campaigns"]
+            assert (camp["id"], camp["driver"]["host"], camp["driver"]["pid"]) == (cid, "lab-7", 4242)
+            r = CliRunner().invoke(main, ["--config", cfg, "status"])
+            assert r.exit_code == 0 and "driven by pid 4242 on lab-7 since " in r.output
+    finally:
+        world.close()
