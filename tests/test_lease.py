@@ -480,3 +480,27 @@ def test_status_names_the_process_driving_each_campaign(tmp_path):
             assert r.exit_code == 0 and "driven by pid 4242 on lab-7 since " in r.output
     finally:
         world.close()
+
+
+def test_a_second_verify_of_one_campaign_is_refused(tmp_path, monkeypatch):
+    from flakebot.config import load_config
+    from flakebot.model import Commit
+    from flakebot.verify import VerifyParams, open_verify
+
+    monkeypatch.delenv("FLAKEBOT_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    db, patch, parent = tmp_path / "f.db", "b" * 40, "a" * 40
+    with Store(db) as s:
+        cid, _ = open_verify(s, TEST, Commit(patch), Commit(parent), VerifyParams.from_config(load_config(env={}), 4))
+        CampaignLease(s, cid, identity=ELSEWHERE).acquire()
+    args = ["verify", "--patch", patch, "--parent", parent, "--test", TEST, "--iterations", "4", "--db", str(db),
+            "--executor", "sim"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"campaign {cid} is driven by another flakebot: pid 4242 on lab-7 since " in r.output
+    with Store(db) as s:
+        assert not s.builds(cid)
+        with s.write() as w:  # that holder's lease ran out long ago
+            w.execute("UPDATE leases SET expires = '2026-01-01T00:00:00+00:00'")
+    r = CliRunner().invoke(main, args + ["--json"])
+    assert r.exit_code in (0, 3) and json.loads(r.output)["campaign_id"] == cid
