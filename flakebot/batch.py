@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flakebot.analysis.summary import wait_stats
 from flakebot.dispatch import Dispatcher
 from flakebot.model import RunRequest
+from flakebot.runids import batch_run_id, instance_id
 
 err = Console(stderr=True)
 
@@ -32,11 +33,13 @@ def run_at(store, ex, sha: str, tests, iterations: int, *, slow_threshold_s: flo
         sleep(seconds)
 
     disp = Dispatcher(store, ex, slow_threshold_s=slow_threshold_s, poll_seconds=poll_seconds, sleep=pause)
-    # Run ids must be unique (Jenkins merges identical queued requests) and,
-    # for the sim hosts, reproducible: number them after the builds stored so far.
+    # Run ids must be unique (Jenkins merges identical queued requests; other
+    # databases share the hosts: runids.py) and, for the sim hosts,
+    # reproducible: number them after the builds stored so far.
     first = len(store.builds()) + 1
     chunks = _split(iterations, max(1, ex.slots()))
-    requests = [RunRequest(f"{run_prefix}-{sha[:12]}-{first + i}", sha, tuple(tests), n)
+    instance = instance_id(store)
+    requests = [RunRequest(batch_run_id(instance, run_prefix, sha, first + i), sha, tuple(tests), n)
                 for i, n in enumerate(chunks)]
     build_ids, pending = [], list(requests)
     with _progress(quiet) as bar:

@@ -23,7 +23,9 @@ from flakebot.analysis.rates import beta_rate
 from flakebot.analysis.summary import wait_stats
 from flakebot.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
 from flakebot.executors.base import Executor
+from flakebot.lease import DEFAULT_LEASE_SECONDS, CampaignLease, holding_open
 from flakebot.model import Commit, RunRequest, Verdict
+from flakebot.runids import campaign_run_id, instance_id
 from flakebot.store import Store
 
 
@@ -146,7 +148,8 @@ class BisectCampaign:
 
     def __init__(self, store: Store, executor: Executor, campaign_id: int, *,
                  poll_seconds: float = 0.0,
-                 on_progress: Callable[[Progress], None] = lambda p: None):
+                 on_progress: Callable[[Progress], None] = lambda p: None,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS):
         self.store = store
         self.executor = executor
         self.cid = campaign_id
@@ -161,6 +164,9 @@ class BisectCampaign:
         self.on_progress = on_progress
         self.dispatcher = Dispatcher(store, executor, slow_threshold_s=self.params.slow_threshold_s,
                                      campaign_id=campaign_id, poll_seconds=poll_seconds)
+        # One driver at a time (lease.py): run() and abort() hold it, the poll loop renews it.
+        self.lease = CampaignLease(store, campaign_id, seconds=lease_seconds)
+        self.dispatcher.heartbeat = self.lease.renew
 
     # -- evidence, all from the store ------------------------------------
 
@@ -243,10 +249,17 @@ class BisectCampaign:
     # -- the loop --------------------------------------------------------
 
     def run(self) -> dict:
+        """Drive the campaign to its verdict, holding its lease (LeaseHeld, one
+        line naming the holder, while another process drives it)."""
         if self.row["status"] != "open":
             return self.row["result"] or {}
+        with holding_open(self.lease) as finished:
+            return (finished["result"] or {}) if finished else self._drive()
+
+    def _drive(self) -> dict:
         self.dispatcher.resume()
         settings = self.settings()
+        instance = instance_id(self.store)
         seq = len(self.store.builds(self.cid))
         while True:
             counts = self.counts()
@@ -265,9 +278,12 @@ class BisectCampaign:
             if s.verdict and not self.dispatcher.in_flight:
                 return self._finish(s, untestable)
             if not s.verdict:
+                if s.requests:
+                    self.lease.renew()  # still ours before anything is sent (LeaseLost if not)
                 for j, iterations in s.requests:
                     seq += 1
-                    self.dispatcher.submit(RunRequest(f"c{self.cid}-r{seq}", self.shas[j], (self.test,), int(iterations)))
+                    self.dispatcher.submit(RunRequest(campaign_run_id(instance, "c", self.cid, seq),
+                                                      self.shas[j], (self.test,), int(iterations)))
             if not self.dispatcher.in_flight:
                 # Nothing running and nothing worth running: the engine's own
                 # stop rule must decide; ask it with the budget declared spent.
@@ -282,9 +298,12 @@ class BisectCampaign:
         restart) and close it as aborted. What finished stays stored."""
         if self.row["status"] != "open":
             raise ValueError(f"campaign {self.cid} is {self.row['status']}, not open")
-        self.dispatcher.resume(resubmit=False)
-        self.dispatcher.cancel_all()
-        self.store.update_campaign(self.cid, status="aborted")
+        with holding_open(self.lease) as finished:  # a driver would send new work after the abort
+            if finished:
+                raise ValueError(f"campaign {self.cid} is {finished['status']}, not open")
+            self.dispatcher.resume(resubmit=False)
+            self.dispatcher.cancel_all()
+            self.store.update_campaign(self.cid, status="aborted")
 
     def _report(self, s: Step, runs: int) -> None:
         top = s.candidates[0] if s.candidates else (None, 0.0)

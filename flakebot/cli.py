@@ -178,7 +178,7 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, max_build
     if abort_id is not None:
         cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
         with open_existing_store(cfg) as store:
-            BisectCampaign(store, build_executor(cfg), abort_id).abort()
+            BisectCampaign(store, build_executor(cfg), abort_id, lease_seconds=cfg.store.lease_seconds).abort()
         out.print(f"campaign {abort_id} aborted; its finished runs stay stored")
         return
     for name, v in (("--max-runs", max_runs), ("--max-host-hours", max_host_hours), ("--max-builds", max_builds)):
@@ -206,9 +206,7 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, max_build
         else:
             cid, resumed = open_bisect(store, test, good_c, commits, BisectParams.from_config(cfg),
                                        is_ancestor=history.is_ancestor)
-        if resumed and not as_json:
-            err.print(f"continuing campaign {cid}")
-        result = drive_bisect(store, ex, cid, history, cfg, quiet=as_json)
+        result = drive_bisect(store, ex, cid, history, cfg, quiet=as_json, resumed=resumed)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -216,7 +214,7 @@ def bisect(ctx, good, bad, test, confidence, max_runs, max_host_hours, max_build
     sys.exit(EXIT_INCONCLUSIVE if result["verdict"] == "inconclusive" else EXIT_OK)
 
 
-def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool) -> dict:
+def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool, resumed: bool = False) -> dict:
     with err.status("bisecting…", spinner="dots") if not quiet and err.is_terminal else _Null() as status:
         def show(p: CampaignProgress) -> None:
             top = f"{p.top_commit[:10]} p={p.top_probability:.3f}" if p.top_commit else "-"
@@ -227,9 +225,13 @@ def drive_bisect(store, ex, cid: int, history, cfg, *, quiet: bool) -> dict:
             elif not quiet:
                 err.print(line, highlight=False)
         camp = BisectCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg),
-                              on_progress=show if (not quiet and err.is_terminal) else lambda p: None)
+                              on_progress=show if (not quiet and err.is_terminal) else lambda p: None,
+                              lease_seconds=cfg.store.lease_seconds)
         try:
-            return camp.run()
+            with camp.lease:  # another driver: one line naming it, before anything is said or sent
+                if resumed and not quiet:
+                    err.print(f"continuing campaign {cid}")
+                return camp.run()
         except KeyboardInterrupt:
             if not hasattr(ex, "reattach") or getattr(ex, "stop_on_interrupt", False):
                 # A local run holds this host's VMs: stop it rather than leave it

@@ -66,10 +66,12 @@ def verify(ctx, patch, parent, test, iterations, db, executor, command_, repo, s
     params = VerifyParams.from_config(cfg, iterations or cfg.nightly.iterations)
     with open_store(cfg) as store:
         cid, resumed = open_verify(store, test, commit(patch_sha), commit(parent_sha), params)
-        if resumed and not as_json:
-            click.echo(f"continuing verify campaign {cid}", err=True)
+        camp = VerifyCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg), lease_seconds=cfg.store.lease_seconds)
         try:
-            result = VerifyCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg)).run()
+            with camp.lease:  # another driver: one line naming it, before anything is said or sent
+                if resumed and not as_json:
+                    click.echo(f"continuing verify campaign {cid}", err=True)
+                result = camp.run()
         except KeyboardInterrupt:
             click.echo(f"interrupted; every finished run is stored. Run the same command again to continue "
                        f"(campaign {cid}).", err=True)

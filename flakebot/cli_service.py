@@ -69,7 +69,8 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
             result["campaigns"] = []
             for cid in sorted({t["campaign_id"] for t in result["tests"]
                                if t["action"] in ("campaign-opened", "campaign-open") and t["campaign_id"]}):
-                result["campaigns"].append(BisectCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg)).run())
+                result["campaigns"].append(BisectCampaign(store, ex, cid, poll_seconds=poll_seconds(cfg),
+                                                          lease_seconds=cfg.store.lease_seconds).run())
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -134,7 +135,7 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
     with store:
         for row in store.open_campaigns():
             item = {"id": row["id"], "kind": row["kind"], "test": row["test"], "good": row["good"],
-                    "bad": row["bad"], "created_at": row["created_at"]}
+                    "bad": row["bad"], "created_at": row["created_at"], "driver": _driver(store, row["id"])}
             if row["kind"] == "bisect":
                 camp = BisectCampaign(store, None, row["id"])
                 s = camp.settings()
@@ -175,6 +176,14 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
     if history is not None:
         history.close()
     return out
+
+
+def _driver(store, campaign_id: int) -> Optional[dict]:
+    """Who holds the campaign's lease (lease.py), expired or not; None if nobody."""
+    from flakebot.lease import holder
+
+    h = holder(store, campaign_id)
+    return None if h is None else {"host": h.host, "pid": h.pid, "since": h.since, "expires": h.expires}
 
 
 def finished_campaigns(store, limit: int = 5) -> list[dict]:
@@ -219,6 +228,9 @@ def status(ctx, db, repo, as_json):
         if "top" in c:
             line += (f" ({c['commits']} commits): {c['runs']} runs, {c['pending']} pending; top "
                      f"{c['top']['commit'][:10]} p={c['top']['probability']:.3f} {c['top']['subject']}")
+        if c["driver"]:
+            d = c["driver"]
+            line += f"; driven by pid {d['pid']} on {d['host']} since {d['since']}"
         click.echo(line)
     _print_finished(data["finished"])
     click.echo("last nightly:" if data["nightly"] else "last nightly: none yet")

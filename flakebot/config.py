@@ -429,6 +429,10 @@ class StoreConfig:
 
     db: str = _k("", Str(), "SQLite database file; empty = $XDG_DATA_HOME/flakebot/flakebot.db "
                  "(~/.local/share/flakebot/flakebot.db). CLI: --db.")
+    lease_seconds: float = _k(120.0, Num(1, 86400), "A campaign is driven by one process at a time: its "
+                              "lease, renewed while it runs, lets another take over only this many seconds "
+                              "after the holder stopped renewing (at once if the holder died on this host); "
+                              "at least 4 x the executor's poll interval.")
 
 
 @dataclass(frozen=True)
@@ -847,6 +851,11 @@ def _cross_checks(cfg: Config) -> None:
                           f"(got {_fmt_num(cfg.sim.p_hang)} + {_fmt_num(cfg.sim.p_near_miss)})")
     if cfg.executor.name == "jenkins" and not cfg.jenkins.url:
         raise ConfigError('jenkins.url must be set when executor.name is "jenkins"')
+    poll = {"jenkins": ("jenkins.poll_seconds", cfg.jenkins.poll_seconds),
+            "local": ("executor.local_poll_seconds", cfg.executor.local_poll_seconds)}.get(cfg.executor.name)
+    if poll and cfg.store.lease_seconds < 4 * poll[1]:  # renewed on poll ticks: several per lease
+        raise ConfigError(f"store.lease_seconds must be at least 4 x {poll[0]} ({_fmt_num(4 * poll[1])}) "
+                          f"(got {_fmt_num(cfg.store.lease_seconds)})")
 
 
 def find_config_file(path: Optional[str | os.PathLike] = None,

@@ -107,6 +107,9 @@ class Dispatcher:
         self.poll_seconds = poll_seconds
         self.sleep = sleep
         self.in_flight: list[InFlight] = []
+        # Called on every poll tick (a campaign renews its lease here): a
+        # build of hours must not let the campaign's lease run out.
+        self.heartbeat: Callable[[], None] = lambda: None
 
     # -- submission -------------------------------------------------------
 
@@ -124,6 +127,7 @@ class Dispatcher:
         request again under its run id."""
         resumed = 0
         for b in self.store.pending_builds(self.campaign_id):
+            self.heartbeat()
             request = RunRequest(b["run_id"], b["commit_sha"], tuple(b["tests"]), int(b["iterations"]))
             if any(f.request.run_id == request.run_id for f in self.in_flight):
                 continue
@@ -149,6 +153,7 @@ class Dispatcher:
         """Poll everything in flight; ingest finished builds. With `wait`, block
         (polling every poll_seconds) until at least one has finished."""
         while True:
+            self.heartbeat()
             done: list[Finished] = []
             for item in list(self.in_flight):
                 status = self.executor.poll(item.handle)

@@ -31,6 +31,7 @@ from flakebot import render
 from flakebot.campaign import BisectParams, open_bisect
 from flakebot.config import Config
 from flakebot.history import HistoryError
+from flakebot.lease import LeaseHeld
 from flakebot.model import Commit
 from flakebot.reporters import Reporter, outbox
 from flakebot.store import Store
@@ -319,7 +320,11 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
             camp = VerifyCampaign(store, executor, cid, poll_seconds=poll_seconds)
             if sleep is not None:
                 camp.dispatcher.sleep = sleep
-            result = camp.run()
+            try:
+                result = camp.run()
+            except LeaseHeld as e:  # `serve` (or another poll) drives it: theirs to finish and answer
+                log.info("verify campaign %s: skipped: %s", cid, e)
+                continue
             rep.results.append(result)
             if reporters:
                 deliver_campaign(store, cfg, cid, reporters, post=False, outbox_store=cstore)

@@ -30,7 +30,10 @@ Nightly rises and falls are posted on the test's tracking issue
 
 One instance per database: an exclusive ``fcntl.flock`` on ``<db>.lock``
 (next to the database). A second `flakebot serve` on the same database ends
-with "another flakebot serve holds <lock>" (exit 2).
+with "another flakebot serve holds <lock>" (exit 2). Each campaign is driven
+under its lease (lease.py): one another process drives (a terminal `bisect
+--resume`, a `flakebot poll` running a verify) is skipped and taken up on a
+later driver tick, once that process is done or its lease has expired.
 
 SIGTERM (and SIGINT) finish the current step and exit cleanly: no new job
 starts; a campaign stops at its next step or poll (requests in flight stay
@@ -58,6 +61,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from flakebot import review_service
 from flakebot.campaign import BisectCampaign
 from flakebot.config import Config
+from flakebot.lease import LeaseHeld, LeaseLost, holding_open
 from flakebot.nightly import Notify, Stopped, nightly_cycle
 from flakebot.report import write_reports
 from flakebot.reporters import outbox
@@ -338,17 +342,16 @@ class Service:
                     self._check_stop()
                     if row["kind"] not in ("bisect", "verify"):
                         continue
-                    log.info("campaign %s: driving %s %s %s..%s", row["id"], row["kind"], row["test"],
-                             row["good"][:10], row["bad"][:10])
                     if row["kind"] == "verify":
                         camp = VerifyCampaign(store, ex, row["id"], poll_seconds=poll_seconds(self.cfg),
-                                              on_progress=self._check_stop)
+                                              on_progress=self._check_stop, lease_seconds=self.cfg.store.lease_seconds)
                     else:
-                        camp = BisectCampaign(store, ex, row["id"],
-                                              poll_seconds=poll_seconds(self.cfg), on_progress=self._check_stop)
+                        camp = BisectCampaign(store, ex, row["id"], poll_seconds=poll_seconds(self.cfg),
+                                              on_progress=self._check_stop, lease_seconds=self.cfg.store.lease_seconds)
                     camp.dispatcher.sleep = self._sleep
-                    self._undelivered(store, add=row["id"])
-                    result = camp.run()
+                    result = self._drive_one(store, camp, row)
+                    if result is None:
+                        continue
                     if row["kind"] == "bisect":
                         loc = self._write_reports(store, row["id"])
                         if loc.url and result.get("report_url") != loc.url:
@@ -364,6 +367,23 @@ class Service:
                     self._deliver(store, row["id"])
                     self.on_campaign_done(result)
         return done
+
+    def _drive_one(self, store, camp, row: dict) -> Optional[dict]:
+        """Drive one campaign under its lease; None when another process
+        drives it (skipped: the driver tries again on its next tick, and
+        takes it over once that process stops or its lease expires) or
+        finished it meanwhile (its result is that process's to deliver)."""
+        try:
+            with holding_open(camp.lease) as finished:
+                if finished:
+                    return None
+                log.info("campaign %s: driving %s %s %s..%s", row["id"], row["kind"], row["test"],
+                         row["good"][:10], row["bad"][:10])
+                self._undelivered(store, add=row["id"])
+                return camp.run()
+        except LeaseHeld as e:  # LeaseLost: this one stalled past its lease and was replaced
+            (log.warning if isinstance(e, LeaseLost) else log.info)("campaign %s: skipped: %s", row["id"], e)
+            return None
 
     def _write_reports(self, store, campaign_id: Optional[int] = None):
         """The HTML reports, rewritten after each nightly cycle and campaign."""

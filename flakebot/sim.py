@@ -736,21 +736,25 @@ def simulate(
     clock: Optional[SimClock] = None,
     infra_at: Optional[int] = None,
     lines: bool = True,
+    seed_id: Optional[str] = None,
 ) -> Iterator[tuple[IterationTruth, list[str]]]:
     """Yield (truth, lines) per iteration. An infra iteration (drawn with
     behaviour.p_infra, or forced by `infra_at`=iteration number) is cut off at a
     random line and is the last one yielded: the host is gone.
     `clock` is advanced in place (pass one SimClock to chain several tests).
-    lines=False: the same truths, faster, with empty line lists."""
+    lines=False: the same truths, faster, with empty line lists.
+    `seed_id` (default: `run_id`) is what the draws are seeded from; the
+    markers print `run_id` (runids.seed_key: the same logs in any database)."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}")
     if era not in ERAS:
         raise ValueError(f"era must be one of {ERAS}")
     if iterations < 0:
         raise ValueError("iterations must be >= 0")
-    rng = random.Random(_stable_int(rng_seed, run_id, test, commit))
+    key = run_id if seed_id is None else seed_id
+    rng = random.Random(_stable_int(rng_seed, key, test, commit))
     if clock is None:
-        clock = SimClock.seeded((rng_seed, run_id, test, commit), era)
+        clock = SimClock.seeded((rng_seed, key, test, commit), era)
     w = _Writer(fmt, era, clock, rng, test, _shape(test, era).script)
     w.quiet = not lines
     for i in range(1, iterations + 1):
@@ -802,10 +806,12 @@ def console_lines(
     run_id: str = "",
     clock: Optional[SimClock] = None,
     infra_at: Optional[int] = None,
+    seed_id: Optional[str] = None,
 ) -> Iterator[str]:
     """The console log lines (no line ends) of `iterations` runs of `test`."""
     for _truth, lines in simulate(test, commit, iterations, behaviour=behaviour, rng_seed=rng_seed, fmt=fmt,
-                                  era=era, markers=markers, run_id=run_id, clock=clock, infra_at=infra_at):
+                                  era=era, markers=markers, run_id=run_id, clock=clock, infra_at=infra_at,
+                                  seed_id=seed_id):
         yield from lines
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -42,7 +43,7 @@ import sqlite_utils
 
 from flakebot import model
 
-SCHEMA_VERSION = 2  # == len(MIGRATIONS)
+SCHEMA_VERSION = 3  # == len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000
 
 BUILD_STATUSES = ("submitted", "queued", "running", "done", "lost", "ingested")
@@ -231,7 +232,30 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     db["nightly_events"].create_index(["test", "id"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2]
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    """One driver per campaign (flakebot/lease.py) and run ids unique across
+    databases (flakebot/runids.py): a lease row per driven campaign, and a
+    random instance id for this database, made once, here."""
+    db["leases"].create(
+        {
+            "campaign_id": int,
+            "token": str,  # the holding driver (random per lease taken)
+            "host": str,
+            "pid": int,
+            "boot": str,  # boot id and process start, so a dead holder on
+            "start_ticks": int,  # this host is told from a recycled pid
+            "since": str,
+            "expires": str,  # ISO 8601 UTC; renewed while the driver runs
+        },
+        pk="campaign_id",
+        not_null={"token", "expires"},
+        foreign_keys=[("campaign_id", "campaigns", "id")],
+        if_not_exists=True,
+    )
+    db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('instance_id', ?)", [secrets.token_hex(6)])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -242,7 +266,7 @@ class Store:
         >>> import tempfile, os
         >>> s = Store(os.path.join(tempfile.mkdtemp(), "sub", "f.db"))
         >>> s.schema_version()
-        2
+        3
         >>> s.db.execute("PRAGMA journal_mode").fetchone()[0]
         'wal'
         >>> s.close()
@@ -468,10 +492,13 @@ class Store:
     # ------------------------------------------------------------ builds
 
     def record_submission(
-        self, request: model.RunRequest, executor: str, campaign_id: Optional[int] = None
+        self, request: model.RunRequest, executor: str, campaign_id: Optional[int] = None,
+        *, same_request: bool = True,
     ) -> int:
         """Remember a request before (or as) it is submitted; returns the build id.
-        Idempotent on ``request.run_id``: a second call returns the existing id.
+        Idempotent on ``request.run_id``: a second call returns the existing id,
+        and (``same_request``) refuses one that asks for another commit, tests or
+        iterations under that run id: a run id names one request only.
 
             >>> import tempfile, os
             >>> s = Store(os.path.join(tempfile.mkdtemp(), "f.db"))
@@ -481,8 +508,13 @@ class Store:
             >>> s.close()
         """
         with self.write() as db:
-            row = db.execute("SELECT id FROM builds WHERE run_id = ?", [request.run_id]).fetchone()
+            row = db.execute("SELECT id, commit_sha, tests, iterations FROM builds WHERE run_id = ?",
+                             [request.run_id]).fetchone()
             if row:
+                stored = (row[1], tuple(json.loads(row[2] or "[]")), row[3])
+                if same_request and stored != (request.commit, tuple(request.tests), request.iterations):
+                    raise StoreError(f"run id {request.run_id} is already build {row[0]} at {str(row[1])[:10]} "
+                                     f"({' '.join(stored[1])} x{row[3]}), not this request")
                 return row[0]
             db["builds"].insert(
                 {
@@ -649,8 +681,8 @@ class Store:
         tests = tuple(sorted({r.test for r in runs}))
         iterations = max((r.iteration for r in runs), default=0)
         with self.write():
-            build_id = self.record_submission(
-                model.RunRequest(run_id, commit_sha, tests, iterations), executor
+            build_id = self.record_submission(  # the same log again: the same build, whatever asked
+                model.RunRequest(run_id, commit_sha, tests, iterations), executor, same_request=False
             )
             self.update_build(
                 build_id, external_id=str(external_id), url=url, host=host, finished=True

@@ -34,7 +34,9 @@ from flakebot.analysis.summary import wait_stats
 from flakebot.campaign import StoredParams
 from flakebot.dispatch import Dispatcher
 from flakebot.executors.base import Executor
+from flakebot.lease import DEFAULT_LEASE_SECONDS, CampaignLease, holding_open
 from flakebot.model import Commit, RunRequest
+from flakebot.runids import campaign_run_id, instance_id
 from flakebot.store import Store
 
 DECIDE_AT = 0.95  # a verdict of 'lowers' / 'raises' needs this probability (render uses the same)
@@ -90,7 +92,8 @@ class VerifyCampaign:
     """Drives one stored verify campaign to its answer."""
 
     def __init__(self, store: Store, executor: Optional[Executor], campaign_id: int, *,
-                 poll_seconds: float = 0.0, on_progress: Callable[[dict], None] = lambda p: None):
+                 poll_seconds: float = 0.0, on_progress: Callable[[dict], None] = lambda p: None,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS):
         row = store.get_campaign(campaign_id)
         if row["kind"] != "verify":
             raise ValueError(f"campaign {campaign_id} is a {row['kind']} campaign")
@@ -105,6 +108,10 @@ class VerifyCampaign:
         self.dispatcher = Dispatcher(store, executor, slow_threshold_s=self.params.slow_threshold_s,
                                      campaign_id=campaign_id, poll_seconds=poll_seconds) \
             if executor is not None else None
+        # One driver at a time (lease.py): run() and abort() hold it, the poll loop renews it.
+        self.lease = CampaignLease(store, campaign_id, seconds=lease_seconds)
+        if self.dispatcher is not None:
+            self.dispatcher.heartbeat = self.lease.renew
 
     # -- evidence, all from the store ------------------------------------
 
@@ -138,8 +145,13 @@ class VerifyCampaign:
             return self.row["result"] or {}
         if self.dispatcher is None:
             raise ValueError("an executor is needed to run a verify campaign")
+        with holding_open(self.lease) as finished:
+            return (finished["result"] or {}) if finished else self._drive()
+
+    def _drive(self) -> dict:
         disp = self.dispatcher
         disp.resume()
+        instance = instance_id(self.store)
         n = self.params.iterations
         cap = n * max(1, self.params.max_attempts_factor)
         seq = len(self.store.builds(self.cid))
@@ -155,10 +167,11 @@ class VerifyCampaign:
             need = {s: max(0, min(n - done[s] - flying[s], cap - attempted[s])) for s in done}
             free = disp.free_slots()
             if free and any(need.values()):
+                self.lease.renew()  # still ours before anything is sent (LeaseLost if not)
                 for side, iters in _spread(need, free):
                     seq += 1
                     sha = self.patch if side == "patch" else self.parent
-                    disp.submit(RunRequest(f"v{self.cid}-r{seq}", sha, (self.test,), iters))
+                    disp.submit(RunRequest(campaign_run_id(instance, "v", self.cid, seq), sha, (self.test,), iters))
             if not disp.in_flight:
                 return self._finish()
             disp.collect(wait=True)
@@ -167,10 +180,13 @@ class VerifyCampaign:
         """Stop the campaign: cancel its builds still out, close it as aborted."""
         if self.row["status"] != "open":
             raise ValueError(f"campaign {self.cid} is {self.row['status']}, not open")
-        if self.dispatcher is not None:
-            self.dispatcher.resume(resubmit=False)
-            self.dispatcher.cancel_all()
-        self.store.update_campaign(self.cid, status="aborted")
+        with holding_open(self.lease) as finished:  # a driver would send new work after the abort
+            if finished:
+                raise ValueError(f"campaign {self.cid} is {finished['status']}, not open")
+            if self.dispatcher is not None:
+                self.dispatcher.resume(resubmit=False)
+                self.dispatcher.cancel_all()
+            self.store.update_campaign(self.cid, status="aborted")
 
     # -- the result ------------------------------------------------------
 

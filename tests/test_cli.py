@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from flakebot.cli import main
 from flakebot.demo_repo import build_demo_repo
+from flakebot.runids import seed_key
 from flakebot.store import Store
 
 SAMPLES = Path(__file__).resolve().parent / "fixtures" / "spdk-logs"
@@ -208,7 +209,11 @@ def test_bisect_is_reproducible_by_seed(tmp_path, demo):
         assert r.exit_code == 0, r.output
         out = json.loads(r.output)
         out.pop("wall_seconds")
-        outs.append(out)
+        # Run ids (and the sim's build URLs) carry each database's own instance
+        # id; the sim seeds from the rest, so everything else is the same.
+        urls = out.pop("build_urls")
+        assert urls and all(u.rsplit("/", 1)[1].split("-", 1)[1].startswith("c") for u in urls)
+        outs.append((out, [seed_key(u.rsplit("/", 1)[1]) for u in urls]))
     assert outs[0] == outs[1]
 
 

@@ -16,6 +16,15 @@ from flakebot.store import Store
 TEST = "vfio_user_nvme_restart_vm"
 
 
+def jenkins_config(tmp_path, fake, url: str, monkeypatch, poll_seconds: float = 0.02):
+    """A config file for the jenkins executor against `fake`, its token in the environment."""
+    cfg = tmp_path / "flakebot.toml"
+    cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
+                   f'token_env = "TEST_JENKINS_TOKEN"\npoll_seconds = {poll_seconds}\n')
+    monkeypatch.setenv("TEST_JENKINS_TOKEN", fake.token)
+    return cfg
+
+
 def test_bisect_through_the_fake_jenkins(tmp_path, monkeypatch):
     demo = build_demo_repo(tmp_path / "spdk", n_commits=40, seed=4)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -23,10 +32,7 @@ def test_bisect_through_the_fake_jenkins(tmp_path, monkeypatch):
     # Builds last long enough (1 simulated minute = 20 ms) that all four overlap.
     fake = FakeJenkins(agents=4, time_scale=0.02, scenario=Scenario.from_repo(str(demo.path)))
     with fake as url:
-        cfg = tmp_path / "flakebot.toml"
-        cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
-                       f'token_env = "TEST_JENKINS_TOKEN"\npoll_seconds = 0.02\n')
-        monkeypatch.setenv("TEST_JENKINS_TOKEN", fake.token)
+        cfg = jenkins_config(tmp_path, fake, url, monkeypatch)
         db = tmp_path / "f.db"
         r = CliRunner().invoke(main, ["--config", str(cfg), "bisect", "--good", demo.good, "--bad", demo.tip,
                                       "--test", TEST, "--repo", str(demo.path), "--db", str(db), "--json"],
@@ -75,10 +81,7 @@ def test_abort_stops_the_campaigns_running_builds(tmp_path, monkeypatch):
             with pytest.raises(Killed):
                 BisectCampaign(store, ex, cid, poll_seconds=0.02, on_progress=die).run()
             assert store.pending_builds(cid)
-        cfg = tmp_path / "flakebot.toml"
-        cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
-                       f'token_env = "TEST_JENKINS_TOKEN"\npoll_seconds = 0.02\n')
-        monkeypatch.setenv("TEST_JENKINS_TOKEN", fake.token)
+        cfg = jenkins_config(tmp_path, fake, url, monkeypatch)
         r = CliRunner().invoke(main, ["--config", str(cfg), "bisect", "--abort", str(cid), "--db", str(db)],
                                catch_exceptions=False)
         assert r.exit_code == 0, r.output

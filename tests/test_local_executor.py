@@ -77,7 +77,12 @@ def test_env_passed_and_log_captured(tmp_path):
         "no newline at end",
     ]
     assert (tmp_path / "w" / "r1.log").is_file()
-    assert ex.submit(req()) == h  # idempotent on run_id
+    assert ex.submit(req(tests=(NVME, "vfio_user_virtio_blk_restart_vm"), n=3)) == h  # idempotent on run_id
+    # ... for that request only: r1 at other tests or iterations is a stranger, never adopted.
+    with pytest.raises(ExecutorError, match="r1 .* ran another request .*tests .* not adopting it"):
+        ex.submit(req())
+    assert ex.reattach(req()) is None
+    assert ex.reattach(req(tests=(NVME, "vfio_user_virtio_blk_restart_vm"), n=3)) == h
 
 
 def test_rc_zero_and_default_workdir_under_the_data_dir(tmp_path, monkeypatch):

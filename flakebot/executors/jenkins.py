@@ -33,6 +33,7 @@ import codecs
 import json
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -260,6 +261,9 @@ class JenkinsExecutor:
         self._finished: dict[tuple[str, int], JenkinsBuildStatus] = {}
         self._last: dict[str, JenkinsBuildStatus] = {}
         self._slots: Optional[int] = None
+        # run id -> the request it names: a queue item or build found by run id
+        # is adopted only if its parameters are this request's (request_mismatch).
+        self._requests: dict[str, RunRequest] = {}
 
     @classmethod
     def from_env(cls, **options: Any) -> "JenkinsExecutor":
@@ -383,6 +387,7 @@ class JenkinsExecutor:
         Jenkins before the connection broke never starts a second build."""
         if not request.run_id:
             raise ExecutorError("RunRequest.run_id must be set (Jenkins merges identical requests)")
+        self._requests[request.run_id] = request
         params = self.parameters(request)
         attempt = 0
         while True:
@@ -474,6 +479,10 @@ class JenkinsExecutor:
         if item.get("cancelled"):
             return JenkinsBuildStatus(BuildState.LOST, external_id=h.encode(), queue_id=h.queue,
                                       reason=f"queue item {h.queue} was cancelled")
+        stranger = self._stranger(_params_of(item), h.run_id)
+        if stranger:  # never followed into a build: lost before it started, so asked again
+            return JenkinsBuildStatus(BuildState.LOST, external_id=Handle(h.job, h.run_id).encode(),
+                                      queue_id=h.queue, reason=f"queue item {h.queue} {stranger}")
         exe = item.get("executable")
         if not exe or exe.get("number") is None:
             return JenkinsBuildStatus(BuildState.QUEUED, external_id=h.encode(), queue_id=h.queue,
@@ -489,6 +498,10 @@ class JenkinsExecutor:
         except jenkins.NotFoundException:
             return JenkinsBuildStatus(BuildState.LOST, external_id=h.encode(), queue_id=h.queue,
                                       build_number=h.build, reason=f"build #{h.build} not found (deleted?)")
+        stranger = self._stranger(_params_of(info), h.run_id)
+        if stranger:
+            return JenkinsBuildStatus(BuildState.LOST, external_id=h.encode(), queue_id=h.queue,
+                                      build_number=h.build, reason=f"build #{h.build} {stranger}")
         if h.queue is None and info.get("queueId") is not None:
             h.queue = int(info["queueId"])
         host = info.get("builtOn") or None
@@ -610,7 +623,9 @@ class JenkinsExecutor:
         ``external_id`` is the handle stored before the restart (None when the
         bot died between submitting and storing it). A stored handle that no
         longer leads anywhere (queue item cancelled or expired without a
-        build) is looked up by run id instead."""
+        build) is looked up by run id instead. A build or queue item is
+        adopted only if its parameters are the request's (`request_mismatch`)."""
+        self._requests[request.run_id] = request
         if external_id:
             try:
                 h = Handle.decode(external_id, self.job)
@@ -619,7 +634,9 @@ class JenkinsExecutor:
             if h is not None:
                 h.run_id = h.run_id or request.run_id
                 if h.build is not None:
-                    return h.encode()
+                    if self._build_is_ours(h):
+                        return h.encode()
+                    return self.find_by_run_id(request.run_id)
                 status = self.poll(h.encode())
                 if status.state is not BuildState.LOST:
                     return status.external_id or h.encode()
@@ -635,7 +652,7 @@ class JenkinsExecutor:
             task = item.get("task") or {}
             if task.get("name") != self.job.split("/")[-1]:
                 continue
-            if _params_of(item).get(PARAM_RUN_ID) == run_id:
+            if self._adoptable(_params_of(item), run_id, f"queue item {item.get('id')}"):
                 return Handle(self.job, run_id, queue=int(item["id"])).encode()
         number = self._find_build(self.job, run_id)
         if number is None:
@@ -650,15 +667,68 @@ class JenkinsExecutor:
         except jenkins.NotFoundException:
             raise ExecutorError(f"Jenkins {self.safe_url}: no job {job!r}") from None
         for b in (data.get("builds") or [])[: self.scan_builds]:
-            if _params_of(b).get(PARAM_RUN_ID) == run_id:
+            if self._adoptable(_params_of(b), run_id, f"build #{b.get('number')}"):
                 return int(b["number"])
         return None
+
+    # -- no adopted stranger -----------------------------------------------
+
+    def _stranger(self, params: dict[str, str], run_id: str) -> Optional[str]:
+        """Why a queue item or build followed for ``run_id`` is not the answer
+        to the request of that run id (None when it is, or the request is not
+        known here)."""
+        request = self._requests.get(run_id)
+        if request is None or not params:
+            return None
+        why = request_mismatch(params, request)
+        return f"carries another request's parameters ({why})" if why else None
+
+    def _adoptable(self, params: dict[str, str], run_id: str, what: str) -> bool:
+        """A queue item or build found by run id is ours only if it carries the
+        run id and, when the request is known, its commit, tests and iterations."""
+        if params.get(PARAM_RUN_ID) != run_id:
+            return False
+        stranger = self._stranger(params, run_id)
+        if stranger:
+            log.warning("jenkins: %s has run id %s but %s; not adopting it", what, run_id, stranger)
+            return False
+        return True
+
+    def _build_is_ours(self, h: Handle) -> bool:
+        path = f"{self._job_path(h.job)}{h.build}/api/json"
+        try:
+            info = self._json(f"read build {h.job} #{h.build}", path)
+        except jenkins.NotFoundException:
+            return True  # deleted: poll reports it lost, as before
+        return self._adoptable(_params_of(info), h.run_id, f"build #{h.build}") if h.run_id else True
 
     # -- misc --------------------------------------------------------------
 
     def version(self) -> str:
         """The server's Jenkins version (X-Jenkins header)."""
         return self._call("read the version", lambda: _version(self._server))
+
+
+def request_mismatch(params: dict[str, str], request: RunRequest) -> Optional[str]:
+    """Why build parameters do not answer ``request`` (run id, commit, tests,
+    iterations), or None when they do.
+
+        >>> r = RunRequest("i-c1-r1", "a" * 40, ("t1", "t2"), 5)
+        >>> p = {PARAM_RUN_ID: "i-c1-r1", PARAM_COMMIT: "a" * 40, PARAM_TESTS: "t1 t2", PARAM_ITERATIONS: "5"}
+        >>> request_mismatch(p, r) is None, request_mismatch({**p, PARAM_COMMIT: "b" * 40}, r)
+        (True, 'commit bbbbbbbbbb, asked aaaaaaaaaa')
+    """
+    got_tests = tuple(t for t in re.split(r"[\s,]+", params.get(PARAM_TESTS) or "") if t)
+    for name, got, want in (
+        ("run id", params.get(PARAM_RUN_ID, ""), request.run_id),
+        ("commit", params.get(PARAM_COMMIT, ""), request.commit),
+        ("tests", " ".join(got_tests), " ".join(request.tests)),
+        ("iterations", (params.get(PARAM_ITERATIONS) or "").strip(), str(int(request.iterations))),
+    ):
+        if got != want:
+            short = (lambda v: v[:10]) if name == "commit" else (lambda v: v)
+            return f"{name} {short(got) or '(none)'}, asked {short(want)}"
+    return None
 
 
 def _version(server: _Jenkins) -> str:

@@ -17,7 +17,9 @@ polls and across a restart of flakebot:
 
     <run_id>.log   stdout and stderr, merged (streamed by `console`, never held in memory)
     <run_id>.pid   the process group leader: pid, start time (clock ticks since
-                   boot) and boot id, so a recycled pid is never taken for it
+                   boot) and boot id, so a recycled pid is never taken for it;
+                   and the request (commit, tests, iterations): a run found by
+                   its run id is adopted only if it ran the same request
     <run_id>.end   "<rc> <uptime> <boot id>" once it ended ("-" for rc when cancelled)
 
 A small /bin/sh wrapper leads the group: it waits until the pid file is
@@ -174,6 +176,11 @@ class LocalExecutor:
         handle = request.run_id
         with self._locked():
             if self._state(handle) is not None:
+                stranger = self._stranger(request)
+                if stranger:
+                    raise ExecutorError(f"local executor: run {handle} in {self.workdir} ran another request "
+                                        f"({stranger}); not adopting it: remove its {handle}.* files to run "
+                                        f"this one")
                 return handle
             self._prune(keep=handle)
             busy = self._running_other_than(handle)
@@ -191,7 +198,9 @@ class LocalExecutor:
         if not _RUN_ID_RE.match(handle or ""):
             return None
         with self._locked():
-            return handle if self._state(handle) is not None else None
+            if self._state(handle) is None or self._stranger(request):
+                return None  # nothing of ours to follow (submit refuses a stranger, naming it)
+            return handle
 
     def poll(self, handle: str) -> BuildStatus:
         leader = self._leader(handle) if _RUN_ID_RE.match(handle or "") else None
@@ -269,6 +278,21 @@ class LocalExecutor:
         end = self._end(handle)
         return "ended" if end is not None and end.rc is not None else None
 
+    def _stranger(self, request: RunRequest) -> Optional[str]:
+        """How the run recorded under `request`'s run id differs from it (commit,
+        tests, iterations), or None: the same request, or a pid file from before
+        flakebot recorded them."""
+        try:
+            d = json.loads(self._path(request.run_id, "pid").read_text())
+        except (OSError, ValueError):
+            return None
+        asked = {"commit": request.commit, "tests": list(request.tests), "iterations": request.iterations}
+        for key, want in asked.items():
+            if key in d and d[key] != want:
+                got = d[key]
+                return f"{key} {' '.join(got) if key == 'tests' else got}, asked {' '.join(want) if key == 'tests' else want}"
+        return None
+
     def _leader(self, handle: str) -> Optional[Leader]:
         try:
             d = json.loads(self._path(handle, "pid").read_text())
@@ -336,7 +360,8 @@ class LocalExecutor:
                 raise ExecutorError(f"local executor: {self.argv[0]} vanished as it started")
             self._write_atomic(self._path(handle, "pid"), json.dumps(
                 {"pid": popen.pid, "start_ticks": st.start_ticks, "boot": boot_id(), "run_id": handle,
-                 "argv": self.argv}) + "\n")
+                 "argv": self.argv, "commit": request.commit, "tests": list(request.tests),
+                 "iterations": request.iterations}) + "\n")
             os.write(go_w, b"go\n")
         finally:
             os.close(go_w)

@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Optional
 
 from flakebot.executors.base import ExecutorError
 from flakebot.model import BuildState, BuildStatus, KNOWN_TESTS, RunRequest
+from flakebot.runids import seed_key
 from flakebot.sim import (
     ERAS,
     CannotTest,
@@ -116,7 +117,12 @@ class SimExecutor:
         return len(self.hosts)
 
     def submit(self, request: RunRequest) -> str:
-        if request.run_id in self._jobs:  # idempotent on run_id
+        if request.run_id in self._jobs:  # idempotent on run_id: the same request only
+            adopted = self._jobs[request.run_id].request
+            if adopted != request:
+                raise ExecutorError(f"sim executor: run id {request.run_id} already ran another request "
+                                    f"({adopted.commit[:10]} {' '.join(adopted.tests)} x{adopted.iterations}); "
+                                    f"not adopting it")
             return request.run_id
         for t in request.tests:
             if t not in KNOWN_TESTS:
@@ -133,7 +139,7 @@ class SimExecutor:
             forced = True
         if forced:
             n = len(request.tests) * request.iterations
-            k = _stable_int("infra", self.seed, request.run_id) % n
+            k = _stable_int("infra", self.seed, seed_key(request.run_id)) % n
             infra_at = (k // request.iterations, k % request.iterations + 1)
         job = _Job(request, host, infra_at)
         self._run(job)
@@ -174,7 +180,8 @@ class SimExecutor:
 
     def _simulate(self, job: _Job, with_lines: bool = True) -> Iterator[tuple[Optional[IterationTruth], list[str]]]:
         req = job.request
-        clock = SimClock.seeded((self.seed, req.run_id), self.era)
+        key = seed_key(req.run_id)  # not the database's instance id: one seed, one result anywhere
+        clock = SimClock.seeded((self.seed, key), self.era)
         if job.cannot is not None:
             yield None, cannot_test_lines(req.commit, job.cannot, fmt=self.fmt, era=self.era, clock=clock,
                                           build_minutes=self.build_minutes)
@@ -186,7 +193,7 @@ class SimExecutor:
             infra_at = job.infra_at[1] if job.infra_at and job.infra_at[0] == ti else None
             for truth, lines in simulate(test, req.commit, req.iterations, behaviour=behaviour, rng_seed=self.seed,
                                          fmt=self.fmt, era=self.era, markers=self.markers, run_id=req.run_id,
-                                         clock=clock, infra_at=infra_at, lines=with_lines):
+                                         clock=clock, infra_at=infra_at, lines=with_lines, seed_id=key):
                 yield truth, lines
                 if truth.rc is None:  # host lost: nothing after this
                     return

@@ -35,7 +35,7 @@ minute (default 0.01: a 30-minute build takes 0.3 s). Durations (``duration``)
 are reported in simulated milliseconds, so host minutes stay meaningful.
 
 Faults, for tests: :meth:`FakeJenkins.fail_auth`, :meth:`fail_5xx`,
-:meth:`slow`, :meth:`cancel_queue_items`, :meth:`lose_agent`,
+:meth:`fail_triggers`, :meth:`slow`, :meth:`cancel_queue_items`, :meth:`lose_agent`,
 :meth:`truncate_logs`, :meth:`rotate_crumb`. A scenario with commits that
 cannot be tested (``sim.Scenario.with_untestable``) makes their builds print
 the host script's ``flakebot: infra:`` line and end FAILURE, as exit 3 does.
@@ -107,7 +107,8 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
         iterations = max(0, int(params.get("FLAKEBOT_ITERATIONS") or 1))
         commit = params.get("SPDK_COMMIT", "") or "HEAD"
         run_id = params.get("FLAKEBOT_RUN_ID", "")
-        seed = zlib.crc32(f"{run_id}/{commit}".encode())
+        key = _seed_key(run_id)  # the same logs whichever database asked
+        seed = zlib.crc32(f"{key}/{commit}".encode())
         try:
             from flakebot import sim
         except ImportError:  # pragma: no cover - flakebot.sim missing
@@ -127,10 +128,18 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
                 behaviour = sim.Behaviour(p_hang=0.05, p_near_miss=0.1)
             yield from sim.console_lines(
                 test, commit, iterations, behaviour=behaviour, rng_seed=seed + i,
-                fmt="jenkins", era=era, markers=True, run_id=run_id, clock=clock,
+                fmt="jenkins", era=era, markers=True, run_id=run_id, clock=clock, seed_id=key,
             )
 
     return factory
+
+
+def _seed_key(run_id: str) -> str:
+    try:
+        from flakebot.runids import seed_key
+    except ImportError:  # pragma: no cover - standalone copy of the fake
+        return run_id
+    return seed_key(run_id)
 
 
 def _fallback_console(test: str, iterations: int, seed: int) -> Iterator[str]:
@@ -349,6 +358,7 @@ class FakeJenkins:
         # faults
         self._auth_fault: Optional[tuple[int, Optional[int]]] = None
         self._5xx: list[int] = []  # statuses for the next requests
+        self._trigger_faults: list[int] = []  # statuses for the next triggers, after queuing them
         self._slow: list[float] = []  # delays for the next requests
         self._cancel_next = 0
         self._truncate_next: list[int] = []
@@ -409,6 +419,14 @@ class FakeJenkins:
         """The next ``count`` requests get ``status`` (a burst of server errors)."""
         with self.lock:
             self._5xx.extend([status] * count)
+
+    def fail_triggers(self, count: int = 1, status: int = 503) -> None:
+        """The next ``count`` build triggers are queued as usual and then
+        answered ``status`` without the queue item's Location, as a Jenkins
+        behind a proxy that timed out can: the build exists, the caller was
+        told it failed."""
+        with self.lock:
+            self._trigger_faults.extend([status] * count)
 
     def slow(self, seconds: float, count: int = 1) -> None:
         """The next ``count`` requests wait ``seconds`` before answering."""
@@ -939,6 +957,10 @@ class _Handler(FakeHandler):
                 if rest in (["buildWithParameters"], ["build"]) and post:
                     params = {k: v for k, v in q.items() if k not in ("token", "delay")}
                     item = f.submit(job.name, params)
+                    if f._trigger_faults:
+                        status = f._trigger_faults.pop(0)
+                        self._error(status, "Service Unavailable" if status == 503 else "Server Error")
+                        return
                     self._send(201, headers={"Location": f"{f.url}queue/item/{item.id}/"})
                     return
                 if rest and rest[0].isdigit():
