@@ -246,7 +246,9 @@ hc_check_all() {
 	if [[ ${FLAKEBOT_SKIP_SETUP:-0} != 1 ]]; then
 		local st
 		IFS=$'\t' read -r st found < <(hc_hugepages)
-		hc_row "$st" "hugepages" "$found" "free memory, or reserve: HUGEMEM=2048 scripts/setup.sh"
+		local fix=''
+		[[ $st == ok ]] || fix="free memory, or reserve: HUGEMEM=2048 scripts/setup.sh"
+		hc_row "$st" "hugepages" "$found" "$fix"
 	fi
 	if ((need_nvme)); then
 		local bdfs
