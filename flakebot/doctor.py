@@ -28,10 +28,11 @@ class DoctorError(ValueError):
 
 @dataclass(frozen=True)
 class Check:
-    ok: bool
+    ok: bool  # False: this host cannot test the commit
     name: str
     found: str
     fix: str
+    note: bool = False  # for other commits only (the QEMU of the other kind)
 
 
 def run_checks(spdk_dir: "str | os.PathLike[str]", tests: Iterable[str], commit: Optional[str] = None,
@@ -50,7 +51,7 @@ def run_checks(spdk_dir: "str | os.PathLike[str]", tests: Iterable[str], commit:
     if p.returncode not in (0, 1) or not rows:
         said = (p.stdout.strip() or p.stderr.strip() or f"exit {p.returncode}").splitlines()[0]
         raise DoctorError(f"doctor: {said}")
-    return [Check(st == "ok", name, found, fix) for st, name, found, fix in rows]
+    return [Check(st != "missing", name, found, fix, note=st == "note") for st, name, found, fix in rows]
 
 
 def table(checks: list[Check], title: str) -> Table:
@@ -62,6 +63,6 @@ def table(checks: list[Check], title: str) -> Table:
     t.add_column("found", overflow="fold")
     t.add_column("fix", overflow="fold")
     for c in checks:
-        mark = Text("ok", style="green") if c.ok else Text("NO", style="bold red")
+        mark = Text("--", style="dim") if c.note else Text("ok", style="green") if c.ok else Text("NO", style="bold red")
         t.add_row(mark, c.name, c.found, c.fix)
     return t

@@ -26,7 +26,8 @@
 #
 # --check prints one line `flakebot: infra: <what is missing>` (exit 1) or
 # `flakebot: host can test ...` (exit 0); --tsv prints every check as
-# `ok|missing<TAB>check<TAB>found<TAB>fix` instead. Exit 2: bad usage.
+# `ok|missing|note<TAB>check<TAB>found<TAB>fix` instead (a note never makes the
+# host unable to test: the QEMU for the other side of a45553b220). Exit 2: bad usage.
 
 # Test name -> script (relative to the tree) and run_test name, newest layout first.
 # The old layout (until 2022-09) ran the NVMe test as vfio_user_restart_vm; flakebot
@@ -201,6 +202,21 @@ hc_check_all() {
 			hc_row missing "QEMU vfio-user fork" "$found" \
 				"build oracle/qemu vfio-user-p3.0, set VFIO_QEMU_BIN_LEGACY"
 		fi
+	fi
+
+	# the QEMU this tree does not need: a note (a bisection may cross a45553b220)
+	local other=VFIO_QEMU_BIN want=json
+	[[ $syntax == json ]] && other=VFIO_QEMU_BIN_LEGACY want=legacy
+	if [[ -n $syntax ]]; then
+		bin=${!other:-}
+		if [[ -z $bin ]]; then
+			found="not set"
+		else
+			kind=$(hc_qemu_kind "$bin")
+			[[ $kind == json || $kind == legacy ]] && kind="$bin $(hc_qemu_version "$bin") ($kind -device)"
+			found=$kind
+		fi
+		hc_row note "$other (other trees)" "$found" "$want -device: trees on the other side of a45553b220"
 	fi
 
 	local qemu_img=${QEMU_IMG_BIN:-qemu-img}

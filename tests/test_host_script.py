@@ -470,6 +470,8 @@ def test_check_commit_reads_that_tree_without_checking_it_out(tmp_path, eras):
     assert ["ok", f"test {NVME}", "test/vfio_user/vfio_user_restart_vm/vfio_user_restart_vm.sh", ""] in rows
     assert ["ok", "QEMU vfio-user fork", f"{env['VFIO_QEMU_BIN_LEGACY']} version {FORK_QEMU_VERSION}", ""] in rows
     assert [r[:2] for r in rows if r[0] == "missing"] == [["missing", "NVMe drive (this era)"]]
+    assert ["note", "VFIO_QEMU_BIN (other trees)", f"{env['VFIO_QEMU_BIN']} version 10.1.1 (json -device)",
+            "json -device: trees on the other side of a45553b220"] in rows
     assert git(spdk, "rev-parse", "HEAD") == head and not git(spdk, "status", "--porcelain")
     assert check(spdk, env, "--commit", "no-such-ref").stdout.startswith("flakebot: infra: cannot read commit")
     assert check(spdk, env, "--commit", "--upload-pack=x").returncode == 2
