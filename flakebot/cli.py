@@ -389,6 +389,7 @@ def demo(ctx, workdir, iterations, seed, as_json):
 from flakebot.cli_report import report  # noqa: E402
 from flakebot.cli_service import nightly, serve, status  # noqa: E402
 from flakebot.cli_review import poll, verify  # noqa: E402
+from flakebot.cli_doctor import doctor  # noqa: E402
 
-for _command in (report, nightly, serve, status, verify, poll):
+for _command in (report, nightly, serve, status, verify, poll, doctor):
     main.add_command(_command)

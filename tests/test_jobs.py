@@ -65,9 +65,47 @@ def test_command_maps_the_host_script_contract(xml):
     assert "export FLAKEBOT_TESTS FLAKEBOT_ITERATIONS FLAKEBOT_RUN_ID" in cmd
     assert re.search(r'export SPDK_DIR="\$\{SPDK_DIR:-\$WORKSPACE/spdk\}"', cmd)
     assert cmd.rstrip().endswith('exec "$WORKSPACE/flakebot/jobs/run-restart-tests.sh"')
-    assert "{" not in cmd.replace("${SPDK_DIR:-$WORKSPACE/spdk}", "")  # no unexpanded template vars
+    expansions = ("${SPDK_DIR:-$WORKSPACE/spdk}", "^{commit}", "${tests[@]}")
+    rest = cmd
+    for e in expansions:
+        assert e in rest
+        rest = rest.replace(e, "")
+    assert "{" not in rest  # no unexpanded template vars
     assert shell.findtext("unstableReturn") == "1"  # exit 1 (a test failed) -> UNSTABLE
     assert (ROOT / "jobs" / "run-restart-tests.sh").exists()
+
+
+def run_job_command(xml, tmp: Path, era: str, **over) -> subprocess.CompletedProcess:
+    """The job's rendered shell step, run as Jenkins would on an agent whose
+    workspace holds this flakebot checkout, against the fake SPDK history."""
+    from tests.fake_eras import make_era_repo
+    from tests.test_host_script import fake_env
+
+    spdk, shas = make_era_repo(tmp)
+    ws = tmp / "ws"
+    ws.mkdir()
+    (ws / "flakebot").symlink_to(ROOT)
+    env = dict(os.environ, **fake_env(tmp, **over), WORKSPACE=str(ws), SPDK_DIR=str(spdk), SPDK_COMMIT=shas[era],
+               FLAKEBOT_TESTS="vfio_user_nvme_restart_vm", FLAKEBOT_ITERATIONS="1", FLAKEBOT_RUN_ID="job-1")
+    script = tmp / "step.sh"
+    script.write_text(xml.find("builders/hudson.tasks.Shell").findtext("command"))
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_job_checks_the_agent_first(xml, tmp_path):
+    """An agent that cannot test the commit answers infra from the check, before
+    the host script fetches, checks out or builds anything."""
+    p = run_job_command(xml, tmp_path, "old_path", FAKE_SPDK_NVME="")
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert p.stdout == "flakebot: infra: NVMe drive (this era): get_nvme_bdfs finds none\n"
+    assert "flakebot: run job-1" not in p.stdout + p.stderr  # the host script never started
+
+
+def test_job_runs_the_host_script_when_the_agent_can(xml, tmp_path):
+    p = run_job_command(xml, tmp_path, "tip")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "START TEST vfio_user_nvme_restart_vm" in p.stdout
+    assert "FLAKEBOT-ITERATION-END test=vfio_user_nvme_restart_vm iteration=1 rc=0" in p.stdout
 
 
 def test_timestamper_timeout_and_discarder(xml):
@@ -100,5 +138,7 @@ def test_jenkinsfile_is_equivalent():
     assert "disableConcurrentBuilds" not in text.replace("no disableConcurrentBuilds()", "")
     assert 'export FLAKEBOT_COMMIT="$SPDK_COMMIT"' in text
     assert 'exec "$WORKSPACE/jobs/run-restart-tests.sh"' in text
+    check = '"$WORKSPACE/jobs/host-checks.sh" --check --commit "$SPDK_COMMIT" "${tests[@]}" || exit 3'
+    assert check in text and text.index(check) < text.index('exec "$WORKSPACE/jobs/run-restart-tests.sh"')
     assert "unstable(" in text and "rc == 1" in text
     assert text.count("{") == text.count("}")

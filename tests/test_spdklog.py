@@ -436,3 +436,24 @@ def test_waits_are_the_logged_clock_difference(tmp_path, start, end, waited):
     assert [(r.test, r.outcome) for r in runs] == [("t", Outcome.PASS)]
     assert runs[0].shutdowns[0].waited_s == waited
     assert runs[0].duration_s == waited
+
+
+@pytest.mark.parametrize("markers", [True, False])
+def test_old_run_test_name_is_stored_under_flakebots_name(tmp_path, markers):
+    """Until 2022-09 the NVMe restart test ran as run_test vfio_user_restart_vm (the
+    host script runs it under that name): its runs are vfio_user_nvme_restart_vm's,
+    with or without the host script's markers, through every entry point."""
+    from flakebot import sim
+    from flakebot.spdklog import RENAMED_TESTS
+
+    assert RENAMED_TESTS == {"vfio_user_restart_vm": "vfio_user_nvme_restart_vm"}
+    lines = list(sim.console_lines("vfio_user_nvme_restart_vm", "0" * 40, 2, behaviour=sim.Behaviour(1.0, 0.0),
+                                   rng_seed=3, markers=markers, run_id="r"))
+    old = [l.replace("TEST vfio_user_nvme_restart_vm", "TEST vfio_user_restart_vm") for l in lines]
+    assert old != lines
+    path = tmp_path / "old.log"
+    path.write_text("\n".join(old) + "\n")
+    for runs in (parse_lines(iter(old)), parse_text("\n".join(old) + "\n"), parse_file(path)):
+        runs = list(runs)
+        assert [(r.test, r.iteration, r.outcome) for r in runs] == [
+            ("vfio_user_nvme_restart_vm", 1, Outcome.TIMEOUT), ("vfio_user_nvme_restart_vm", 2, Outcome.TIMEOUT)]

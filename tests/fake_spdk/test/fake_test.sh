@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The body of the fake restart tests: check the output_dir is fresh, pick this
-# iteration's outcome, print SPDK-format output via flakebot.sim.
+# The body of the fake restart tests (after their VM booted): check the output_dir
+# is fresh, pick this iteration's outcome, print SPDK-format output via
+# flakebot.sim without its own banners (run_test prints those).
 set -euo pipefail
 name=$1
 if [[ -z ${output_dir:-} || ! -d $output_dir ]]; then
 	echo "fake-spdk: output_dir missing: '${output_dir:-}'" >&2
 	exit 2
 fi
-if [[ -e $output_dir/timing.txt ]]; then
+if [[ -e $output_dir/fake-test.ran ]]; then
 	echo "fake-spdk: output_dir reused: $output_dir" >&2
 	exit 2
 fi
@@ -23,11 +24,11 @@ if ((n >= ${#outcomes[@]})); then
 else
 	outcome=${outcomes[n]}
 fi
-echo "autotest;vfio_user_qemu;$name 1" > "$output_dir/timing.txt"
+touch "$output_dir/fake-test.ran"
 if [[ $outcome == hang ]]; then
 	echo "fake-spdk: hanging"
 	if [[ -n ${FAKE_SPDK_STATE:-} ]]; then echo $$ > "$FAKE_SPDK_STATE/pid-$name"; fi
 	exec sleep 600
 fi
-exec "${FAKE_SPDK_PYTHON:-python3}" -m flakebot.sim --test "$name" --outcome "$outcome" --fmt plain \
-	--era "${FAKE_SPDK_ERA:-2024}" --seed "$n" --rc
+"${FAKE_SPDK_PYTHON:-python3}" -m flakebot.sim --test "$name" --outcome "$outcome" --fmt plain \
+	--era "${FAKE_SPDK_ERA:-2024}" --seed "$n" --rc | grep -vE '^\*+$|^(START|END) TEST '
