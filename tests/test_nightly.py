@@ -222,3 +222,22 @@ def test_demo_nights_runs_the_whole_chain(tmp_path):
     assert all(r["fetch"].startswith("skipped") for r in out["nights"])
     assert History(demo.path).resolve("master") == demo.tip
     assert any("campaign" in ln for ln in lines)
+
+
+def test_status_shows_the_detector_per_test(world):
+    from click.testing import CliRunner
+
+    from flakebot.cli import main
+    from flakebot.cli_service import status_data
+
+    for tip in CLEAN_TIPS:
+        world.cycle(tip)
+    d = status_data(world.cfg)["detector"]
+    assert d["threshold"] == pytest.approx(9.301, abs=1e-3) and d["runs_a_night"] == 20
+    (t,) = d["tests"]
+    assert t["test"] == TEST and t["nights"] == len(CLEAN_TIPS) and t["segment_start"] == world.shas[10]
+    timeout = t["classes"]["timeout"]
+    assert timeout["rise"] >= 0 and 1 <= timeout["rise_at_least"] <= 20 and timeout["rise_delay_nights"] > 0
+    r = CliRunner().invoke(main, ["status", "--db", world.cfg.store.db, "--repo", str(world.repo)])
+    assert r.exit_code == 0, r.output
+    assert "threshold h = 9.30" in r.output and f"rise tonight at >= {timeout['rise_at_least']} of 20" in r.output
