@@ -79,6 +79,8 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
         line = f"  {t['test']}: {t['runs']} runs ({fmt_outcomes(t['outcomes'])}); {d['verdict']}"
         if d["verdict"] != "none":
             line += f" P={d['probability']:.4f} after {d['before'][:10]}"
+        if t.get("extra_runs"):
+            line += f" ({t['extra_runs']} extra runs: suggestive)"
         line += f"; {t['action']}"
         if t["campaign_id"]:
             line += f" (campaign {t['campaign_id']})"

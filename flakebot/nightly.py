@@ -338,7 +338,8 @@ def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, 
                 p = f" P={d['probability']:.3f}" if d["verdict"] != "none" else ""
                 say(f"night {n + 1}: tip {shas[i][:10]} (commit {i}): {t['test']}: "
                     f"{', '.join(f'{k} {v}' for k, v in sorted(t['outcomes'].items()))}; "
-                    f"{d['verdict']}{p}; {t['action']}")
+                    f"{d['verdict']}{p}; {t['action']}"
+                    + (f" ({t['extra_runs']} of the runs extra: suggestive)" if t.get("extra_runs") else ""))
                 if t["action"] == "campaign-opened":
                     res = BisectCampaign(store, executor, t["campaign_id"], poll_seconds=poll_seconds(cfg)).run()
                     out["campaigns"].append(res)
