@@ -560,7 +560,7 @@ class NightlyConfig:
                                       "the rise (and fall) detection per test and year at one nightly a day; "
                                       "sets the CUSUM threshold h = ln(3 x 365 / budget).")
     extra_iterations: int = _k(40, Int(0, 10_000), "Extra iterations at the tip on a night whose evidence is "
-                               "suggestive (a CUSUM at half its threshold or more); 0 = never.")
+                               "suggestive (a CUSUM at 0.4 of its threshold or more); 0 = never.")
     misfire_grace_minutes: int = _k(60, Int(0, 1440), "A run missed while the service was down still "
                                     "starts if this many minutes late or less.")
 

@@ -15,13 +15,20 @@ Bernoulli log-likelihood-ratio CUSUM (Page) runs over the nights:
           zero cannot fall by min_effect)
 
 where k of the night's n runs are of class c. The reference rate q0 is
-estimated from the segment's nights that are not part of the CUSUM's current
-excursion (the nights since S last was 0), conservatively: the `ref_quantile`
-upper (rise) or lower (fall) quantile of its Beta(k + 1/2, n - k + 1/2)
-posterior, so a young test with few nights does not raise false alarms from
-an underestimated baseline. A segment begins at the first night, and again
-at every detected change; every CUSUM restarts there, with the new segment's
-nights as its reference.
+estimated from the segment's nights, conservatively: the `rise_quantile`
+upper (rise) or `fall_quantile` lower (fall) quantile of its Beta(k + 1/2,
+n - k + 1/2) posterior, so a young test with few nights does not raise false
+alarms from an underestimated baseline; nothing is judged before the segment
+has `min_ref_runs` runs. The newest nights of the CUSUM's current excursion
+(the nights since S was last 0, at most `excursion_lag` of them) are left
+out of the reference, so a change does not dilute its own baseline; older
+excursion nights count again, because excluding nights for how they looked
+biases the reference toward in-control nights (a slow false alarm).
+A segment begins at the first night, and again at every detected change.
+Every CUSUM restarts there with an empty reference: the nights up to an alarm
+were picked for being extreme, so the new rate is estimated from the nights
+after it (which also means a fall is judged only `min_ref_runs` runs after
+the rise).
 
 Threshold from a false-alarm budget. Each CUSUM statistic is a sum of
 log-likelihood ratios; between two returns to 0 it is a likelihood-ratio
@@ -39,7 +46,7 @@ what keeps that near true for young tests (docs/benchmarks/detect.md measures
 it). What h buys: a rise of min_effect from q0 is found after about
 h / (n KL(q0 + min_effect || q0)) nights of n runs (Wald; `expected_delay`).
 
-Adaptive effort: when a statistic stands at `suggest_fraction` x h or more
+Adaptive effort: when a statistic stands at `suggest_fraction` (0.4) x h or more
 after tonight's runs (and none crossed h), the nightly cycle runs extra
 iterations at the tip the same night (`suggestive`).
 
@@ -103,10 +110,11 @@ class DetectSettings:
     min_effect: float = 0.05           # smallest rise/fall of a class's rate worth acting on (absolute)
     false_alarms_per_year: float = 0.1  # per test and direction, at one night a day
     nights_per_year: float = 365.0
-    suggest_fraction: float = 0.5      # statistic >= this x h: spend extra runs tonight
+    suggest_fraction: float = 0.4      # statistic >= this x h: spend extra runs tonight
     rise_quantile: float = 0.9         # conservative reference for a rise: this upper quantile
-    fall_quantile: float = 0.95        # ... for a fall: 1 - this (lower) quantile
+    fall_quantile: float = 0.9         # ... for a fall: 1 - this (lower) quantile
     min_ref_runs: int = 100            # judge only once the segment has this many reference runs
+    excursion_lag: int = 7             # an excursion's nights older than this count as reference again
     level: float = 0.99                # credibility of the (before, after] range
     window: int = 120                  # newest nights of a segment the change point is sought in
 
@@ -158,11 +166,13 @@ class _Cusum:
     exc_k: int = 0
     exc_n: int = 0
     exc_start: int = -1
+    exc_nights: list = field(default_factory=list)  # (k, n) of each excursion night
     q0: Optional[float] = None  # reference rate the last step used (None: not judged)
     q1: Optional[float] = None
 
     def reset(self, k: int, n: int) -> None:
         self.s, self.ref_k, self.ref_n, self.exc_k, self.exc_n, self.exc_start = 0.0, k, n, 0, 0, -1
+        self.exc_nights = []
 
 
 @dataclass(frozen=True)
@@ -215,10 +225,17 @@ class Detector:
     # --------------------------------------------------------------- estimates
 
     def _ref(self, cu: _Cusum, upper: bool) -> Optional[float]:
-        if cu.ref_n < self.s.min_ref_runs:
+        k, n = cu.ref_k, cu.ref_n
+        lag = self.s.excursion_lag
+        if len(cu.exc_nights) > lag:
+            # An excursion's nights older than `lag` count as reference again: excluding
+            # nights for how they looked biases the reference (module docstring).
+            old = cu.exc_nights[:-lag] if lag else cu.exc_nights
+            k, n = k + sum(x for x, _ in old), n + sum(y for _, y in old)
+        if n < self.s.min_ref_runs:
             return None
         q = self.s.rise_quantile if upper else 1 - self.s.fall_quantile
-        return float(betaincinv(cu.ref_k + 0.5, cu.ref_n - cu.ref_k + 0.5, q))
+        return float(betaincinv(k + 0.5, n - k + 0.5, q))
 
     def _step(self, cu: _Cusum, k: int, n: int, index: int, upper: bool) -> None:
         """One night into one CUSUM (mutates cu)."""
@@ -240,10 +257,12 @@ class Detector:
             cu.ref_k, cu.ref_n = cu.ref_k + cu.exc_k + k, cu.ref_n + cu.exc_n + n
             cu.exc_k = cu.exc_n = 0
             cu.exc_start = -1
+            cu.exc_nights = []
         else:
             if cu.exc_start < 0:
                 cu.exc_start = index
             cu.s, cu.exc_k, cu.exc_n = s, cu.exc_k + k, cu.exc_n + n
+            cu.exc_nights = cu.exc_nights + [(k, n)]
 
     # --------------------------------------------------------------- feeding
 
@@ -319,9 +338,8 @@ class Detector:
         return Detector._Located(det, lo + tau)
 
     def _new_segment(self, start: int) -> None:
-        # The segment's reference starts empty: the nights up to the alarm were
-        # picked for being extreme (they made the CUSUM cross), so their rate
-        # overstates a rise (understates a fall); the next nights are fair.
+        # The segment's reference starts empty (module docstring: the nights up to
+        # the alarm were picked for being extreme).
         self.seg = start
         for c in TROUBLE:
             self.rise[c].reset(0, 0)
