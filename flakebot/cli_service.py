@@ -192,7 +192,7 @@ def detector_status(store, cfg) -> dict:
     for test in sorted({r["test"] for r in store.nightlies()}):
         det, last = detect_test(store, test, cfg)
         trig = det.triggers(runs)
-        classes = {c: {**v, **trig[c]} for c, v in det._state().items()}
+        classes = {c: {**v, **trig[c]} for c, v in det.state().items()}
         out["tests"].append({"test": test, "nights": len(det.nights), "segment_start": last.segment_start,
                              "last_verdict": last.verdict, "classes": classes})
     return out

@@ -157,7 +157,7 @@ def _overlaps(index: dict[str, int], a: tuple[str, str], b: tuple[str, str]) -> 
 def _known_rise(store: Store, test: str, det: Detection, good: str,
                 index: dict[str, int]) -> Optional[tuple[str, int]]:
     """An open campaign over a range overlapping good..tip, or a finished one
-    that named a culprit in the change window (safe_before, after] or searched
+    that named a culprit in the change window (before, after] or searched
     all of it: (why, campaign id)."""
     window_lo = index.get(det.before or "")
     window_hi = index.get(det.after or "")

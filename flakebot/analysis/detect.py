@@ -331,7 +331,7 @@ class Detector:
         before, after = nights[jb], nights[ja]
         word = "rose" if direction == RISE else "fell"
         det = Detection(direction, conf, self.nights[-1].sha, self.h, klass=c, before=before.sha, after=after.sha,
-                        baseline=old, current=new, state=self._state(), segment_start=self.nights[self.seg].sha,
+                        baseline=old, current=new, state=self.state(), segment_start=self.nights[self.seg].sha,
                         nights=len(self.nights),
                         reason=f"{c} rate {word} from {old:.3f} to {new:.3f} (CUSUM {cu.s:.1f} >= {self.h:.1f}); "
                                f"change after {before.sha[:10]}, at or before {after.sha[:10]} (P = {conf:.3f})")
@@ -347,7 +347,9 @@ class Detector:
 
     # --------------------------------------------------------------- reporting
 
-    def _state(self) -> dict:
+    def state(self) -> dict:
+        """Per class: rise and fall statistics, the rate so far in the segment, the
+        reference rates and alternatives the last night used (None: not judged)."""
         out = {}
         for c in TROUBLE:
             r, f = self.rise[c], self.fall[c]
@@ -359,7 +361,7 @@ class Detector:
     def _detection(self) -> Detection:
         if not self.nights:
             return Detection(NONE, 0.0, None, self.h, reason="no nights yet")
-        st = self._state()
+        st = self.state()
         top = max(max(v["rise"], v["fall"]) for v in st.values())
         suggestive = self.s.suggest_fraction * self.h <= top < self.h
         return Detection(NONE, 0.0, self.nights[-1].sha, self.h, suggestive=suggestive, state=st,
