@@ -348,8 +348,8 @@ def demo(ctx, workdir, iterations, seed, as_json):
         if not as_json:
             print_run_table(old, f"old commit {demo_repo.good[:10]}")
             print_run_table(tip, f"tip {tip_sha[:10]}")
-            say(f"nightly cycles along the history, every 10 commits from the old commit; the fix lands "
-                f"upstream at commit {DEMO_FIX}:")
+            say(f"nightly cycles along the history, every 10 commits from the old commit, then at the tip until "
+                f"the fall is seen; the fix lands upstream at commit {DEMO_FIX}:")
         # A fixed first night: run ids carry the night's date, and the sim hosts
         # are seeded by run id, so the same seed gives the same demo.
         chain = demo_nights(cfg, store, history, ex, demo_repo, now=DEMO_FIRST_NIGHT,

@@ -80,6 +80,8 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
         line = f"  {t['test']}: {t['runs']} runs ({fmt_outcomes(t['outcomes'])}); {d['verdict']}"
         if d["verdict"] != "none":
             line += f" P={d['probability']:.4f} after {d['before'][:10]}"
+        if t.get("extra_runs"):
+            line += f" ({t['extra_runs']} extra runs: suggestive)"
         line += f"; {t['action']}"
         if t["campaign_id"]:
             line += f" (campaign {t['campaign_id']})"
@@ -168,6 +170,7 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
                                    "last_event": _event_brief(ev[-1]) if ev else None})
         out["events"] = [_event_brief(e) for e in events(store)[-10:]]
         out["finished"] = finished_campaigns(store)
+        out["detector"] = detector_status(store, cfg)
     n = cfg.nightly
     out["schedule"] = {"cron": n.cron, "timezone": n.timezone,
                        "nightly": [t.isoformat() for t in next_fire_times(nightly_trigger(cfg), 3, now)],
@@ -184,6 +187,47 @@ def _driver(store, campaign_id: int) -> Optional[dict]:
 
     h = holder(store, campaign_id)
     return None if h is None else {"host": h.host, "pid": h.pid, "since": h.since, "expires": h.expires}
+
+
+def detector_status(store, cfg) -> dict:
+    """The nightly detector per test: each class's CUSUM evidence against the
+    threshold, and what tonight's runs would take to call a rise or a fall."""
+    from flakebot.nightly import detect_settings, detect_test
+
+    s = detect_settings(cfg)
+    runs = cfg.nightly.iterations
+    out = {"threshold": round(s.threshold, 3), "false_alarms_per_year": s.false_alarms_per_year,
+           "min_effect": s.min_effect, "runs_a_night": runs, "tests": []}
+    for test in sorted({r["test"] for r in store.nightlies()}):
+        det, last = detect_test(store, test, cfg)
+        trig = det.triggers(runs)
+        classes = {c: {**v, **trig[c]} for c, v in det.state().items()}
+        out["tests"].append({"test": test, "nights": len(det.nights), "segment_start": last.segment_start,
+                             "last_verdict": last.verdict, "classes": classes})
+    return out
+
+
+def _print_detector(d: dict) -> None:
+    click.echo(f"detector (CUSUM per class; threshold h = {d['threshold']:.2f} for {d['false_alarms_per_year']:g} "
+               f"false alarms per test per year; effect {d['min_effect']:g}; {d['runs_a_night']} runs a night):"
+               if d["tests"] else "detector: no nights yet")
+    for t in d["tests"]:
+        click.echo(f"  {t['test']}: {t['nights']} nights, segment since {(t['segment_start'] or '')[:10]}")
+        for c, v in t["classes"].items():
+            line = f"    {c}: rate {v['rate']:.3f}; rise evidence {v['rise']:.2f}/{d['threshold']:.2f}"
+            if v["rise_at_least"] is not None:
+                line += f" (rise tonight at >= {v['rise_at_least']} of {d['runs_a_night']}"
+                line += f"; a +{d['min_effect']:g} rise takes ~{v['rise_delay_nights']:g} nights)"
+            elif v["rise_delay_nights"] is not None:
+                line += f" (not tonight; a +{d['min_effect']:g} rise takes ~{v['rise_delay_nights']:g} nights)"
+            else:
+                line += " (too few runs to judge yet)"
+            if v["fall_clean_nights"] is not None:
+                line += f"; fall evidence {v['fall']:.2f}/{d['threshold']:.2f} ("
+                line += (f"fall tonight at <= {v['fall_at_most']} of {d['runs_a_night']}" if v["fall_at_most"]
+                         is not None else f"{v['fall_clean_nights']} clean nights to a fall")
+                line += f"; a -{d['min_effect']:g} fall takes ~{v['fall_delay_nights']:g} nights)"
+            click.echo(line)
 
 
 def finished_campaigns(store, limit: int = 5) -> list[dict]:
@@ -242,6 +286,7 @@ def status(ctx, db, repo, as_json):
             click.echo(f"    last {_EVENT_WORDS.get(ev['kind'], ev['kind'])} {ev['at']}: between "
                        f"{ev['before'][:10]} and {ev['after'][:10]} (P={ev['probability']:.3f})"
                        + (f", campaign {ev['campaign_id']}" if ev["campaign_id"] else ""))
+    _print_detector(data["detector"])
     s = data["schedule"]
     click.echo(f"next nightly runs ({s['cron']} {s['timezone']}): {', '.join(s['nightly'])}")
     click.echo(f"campaign driver every {s['campaign_driver_every_s']:g} s; review poller every "

@@ -558,10 +558,13 @@ class NightlyConfig:
                    "= Sunday), read in timezone.")
     timezone: str = _k("UTC", TimeZone(), "IANA time zone the cron expression is read in.")
     iterations: int = _k(20, Int(1, 10_000), "Iterations of each test per nightly run.")
-    rise_threshold: float = _k(0.99, Num(0.5, 1), "Start a bisection when the posterior probability "
-                               "that the failure rate rose reaches this.")
-    min_effect: float = _k(0.05, Num(0, 1, lo_open=True), "Smallest rise (or fall) in failure rate worth "
-                           "acting on, as a fraction of runs.")
+    min_effect: float = _k(0.05, Num(0, 0.5, lo_open=True, hi_open=True), "Smallest rise (or fall) of a "
+                           "class's rate (near misses, timeouts, failures) worth acting on, as a fraction of runs.")
+    false_alarms_per_year: float = _k(0.1, Num(0, 365, lo_open=True, hi_open=True), "False-alarm budget of "
+                                      "the rise (and fall) detection per test and year at one nightly a day; "
+                                      "sets the CUSUM threshold h = ln(3 x 365 / budget).")
+    extra_iterations: int = _k(40, Int(0, 10_000), "Extra iterations at the tip on a night whose evidence is "
+                               "suggestive (a CUSUM at 0.4 of its threshold or more); 0 = never.")
     misfire_grace_minutes: int = _k(60, Int(0, 1440), "A run missed while the service was down still "
                                     "starts if this many minutes late or less.")
 

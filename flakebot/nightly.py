@@ -10,19 +10,25 @@
 3. Every configured test runs `nightly.iterations` times at the tip through
    the executor (the same `run_at` as `flakebot run`); each build is
    recorded as a nightly (`Store.record_nightly`).
-4. Per test, `analysis.detect` over every stored run on the tip's first-parent
-   history (nightly, campaign, imported runs alike; near misses count).
-5. A rise with P >= `nightly.rise_threshold` opens a bisection campaign
-   (`campaign.open_bisect`) from the newest good commit to the tip, after
-   verifying that good commit with `nightly.iterations` more runs when its
-   evidence is thin, unless a campaign for the test over an overlapping range
-   is open, or a finished one already named a culprit inside the change
-   window (or searched the whole window in vain). Campaigns are only opened
-   here; `flakebot serve` (or `flakebot bisect --resume ID`) drives them.
-   A fall records "appears fixed" with its range.
-6. Rises and falls are kept in the `nightly_events` table (see
-   `ensure_events_table`), one per transition per test, and handed to
-   `notify(event)` (the reporters' hook; None = nobody is told yet).
+4. Per test, `analysis.detect` (a CUSUM per outcome class, near misses
+   included) replays the test's stored nights: one night per nightly cycle,
+   its runs counted per class. When a statistic is suggestive (at
+   `suggest_fraction` of the threshold) but has not crossed it, the test runs
+   `nightly.extra_iterations` more times at the tip that night (recorded as
+   part of the same night) and the nights are replayed again.
+5. A rise (a rise CUSUM crossed its threshold on tonight's night) opens a
+   bisection campaign (`campaign.open_bisect`) from `before` (the newest
+   nightly tip on the old side at the detector's `level`) to the tip, unless
+   a campaign for the test over an overlapping range is open, or a finished
+   one already named a culprit inside the change window (before, after] (or
+   searched the whole window in vain). Campaigns are only opened here;
+   `flakebot serve` (or `flakebot bisect --resume ID`) drives them.
+   A fall records "appears fixed" with the range (before, after] in which
+   the rate fell; no campaign is opened for it (the fixing commit can be
+   bisected by hand over that range).
+6. Rises and falls are kept in the `nightly_events` table, one per
+   transition per test, and handed to `notify(event)` (the reporters' hook;
+   None = nobody is told yet).
 
 Everything is recomputed from the store, so a cycle killed half-way loses at
 most the unfinished runs; the next cycle starts afresh.
@@ -34,7 +40,10 @@ from datetime import datetime, timezone
 from typing import Callable, Optional, Sequence
 
 from flakebot.analysis.classes import Bins
-from flakebot.analysis.detect import FALL, RISE, Detection, DetectSettings, detect, points_from_runs
+import re
+
+from flakebot.analysis.detect import FALL, NONE, RISE, Detection, DetectSettings, Detector, Night, night_counts, \
+    replay_detector
 from flakebot.campaign import BisectParams, open_bisect
 from flakebot.config import Config
 from flakebot.history import History, HistoryError
@@ -42,7 +51,6 @@ from flakebot.store import Store
 from flakebot.batch import Stopped, run_at
 from flakebot.wiring import poll_seconds
 
-MAX_VERIFY_ROUNDS = 2
 log = logging.getLogger("flakebot.nightly")
 
 Notify = Callable[[dict], None]
@@ -53,8 +61,7 @@ Notify = Callable[[dict], None]
 
 def detect_settings(cfg: Config) -> DetectSettings:
     n = cfg.nightly
-    return DetectSettings(min_effect=n.min_effect, threshold=n.rise_threshold,
-                          thin_runs=max(1, min(10, n.iterations)))
+    return DetectSettings(min_effect=n.min_effect, false_alarms_per_year=n.false_alarms_per_year)
 
 
 def bins(cfg: Config) -> Bins:
@@ -112,10 +119,30 @@ def first_parent_chain(history: History, tip: str) -> list[str]:
 # ---------------------------------------------------------------- detection
 
 
-def detect_test(store: Store, test: str, chain: Sequence[str], cfg: Config) -> Detection:
-    rows = store.runs(test=test, include_infra=False)
-    pts = points_from_runs(((r["commit_sha"], r["outcome"], r["worst_wait_s"]) for r in rows), chain, bins(cfg))
-    return detect(pts, detect_settings(cfg))
+# A nightly cycle's builds share the run-id prefix "nightly-<stamp>-<n>" (its
+# extra runs add "-extra"): that prefix is the night.
+_NIGHT_KEY = re.compile(r"^(nightly-\d{8}T\d{6}-\d+)")
+
+
+def stored_nights(store: Store, test: str, cfg: Config) -> list[Night]:
+    """The test's nights, oldest first, from the nightly records and their runs."""
+    order: dict[str, tuple[str, set]] = {}
+    for row in store.nightlies(test):
+        build = store.get_build(row["build_id"]) if row["build_id"] is not None else None
+        m = _NIGHT_KEY.match(build["run_id"]) if build else None
+        key = m.group(1) if m else f"nightly-record-{row['id']}"
+        order.setdefault(key, (row["commit_sha"], set()))[1].add(row["build_id"])
+    by_build: dict[int, list[tuple[str, object]]] = {}
+    for r in store.runs(test=test, include_infra=False):
+        by_build.setdefault(r["build_id"], []).append((r["outcome"], r["worst_wait_s"]))
+    b = bins(cfg)
+    return [Night(key, sha, night_counts((x for bid in builds for x in by_build.get(bid, ())), b))
+            for key, (sha, builds) in order.items()]
+
+
+def detect_test(store: Store, test: str, cfg: Config) -> tuple[Detector, Detection]:
+    """The detector after replaying the test's stored nights, and its verdict on the newest."""
+    return replay_detector(stored_nights(store, test, cfg), detect_settings(cfg))
 
 
 def _overlaps(index: dict[str, int], a: tuple[str, str], b: tuple[str, str]) -> bool:
@@ -130,9 +157,9 @@ def _overlaps(index: dict[str, int], a: tuple[str, str], b: tuple[str, str]) -> 
 def _known_rise(store: Store, test: str, det: Detection, good: str,
                 index: dict[str, int]) -> Optional[tuple[str, int]]:
     """An open campaign over a range overlapping good..tip, or a finished one
-    that named a culprit in the change window (safe_before, after] or searched
+    that named a culprit in the change window (before, after] or searched
     all of it: (why, campaign id)."""
-    window_lo = index.get(det.safe_before or det.before or "")
+    window_lo = index.get(det.before or "")
     window_hi = index.get(det.after or "")
     for row in store.open_campaigns():
         if row["kind"] == "bisect" and row["test"] == test and \
@@ -161,11 +188,12 @@ def nightly_cycle(cfg: Config, store: Store, history: History, executor, *,
     """One nightly cycle (module docstring). Returns a JSON-able summary:
 
         {"started_at", "fetch", "tip", "tests": [{"test", "commit", "runs", "outcomes",
-          "detection", "action", "campaign_id", "event_id", "verified"}]}
+          "detection", "action", "campaign_id", "event_id", "extra_runs"}]}
 
     action: 'none', 'campaign-opened', 'campaign-open' (one over an overlapping
     range is open already), 'known-culprit', 'searched-before' (a finished
-    campaign covers the change), 'appears-fixed', 'fall-known' (recorded before).
+    campaign covers the change), 'good-end-off-branch' (the branch was rewritten
+    under the old side), 'appears-fixed', 'fall-known' (recorded before).
     Raises Stopped if should_stop() turns true between steps.
     """
     now = now or datetime.now(timezone.utc)
@@ -189,11 +217,10 @@ def nightly_cycle(cfg: Config, store: Store, history: History, executor, *,
             raise Stopped()
         test = per_test["test"]
         entry = {"test": test, "commit": tip, "runs": per_test["runs"], "outcomes": per_test["outcomes"],
-                 "action": "none", "campaign_id": None, "event_id": None, "verified": []}
-        det = detect_test(store, test, chain, cfg)
-        if det.verdict == RISE:
-            det = _verify_good(cfg, store, history, executor, test, chain, det, entry, prefix, quiet,
-                               should_stop)
+                 "action": "none", "campaign_id": None, "event_id": None, "extra_runs": 0}
+        _, det = detect_test(store, test, cfg)
+        if det.verdict == NONE and det.suggestive and cfg.nightly.extra_iterations:
+            det = _extra_runs(cfg, store, executor, tip, test, entry, prefix, quiet, should_stop)
         entry["detection"] = det.to_json()
         if det.verdict == RISE:
             _act_on_rise(cfg, store, history, test, det, index, entry, notify)
@@ -203,20 +230,23 @@ def nightly_cycle(cfg: Config, store: Store, history: History, executor, *,
     return out
 
 
-def _verify_good(cfg, store, history, executor, test, chain, det, entry, prefix, quiet, should_stop):
-    rounds = 0
-    while det.verdict == RISE and det.thin and rounds < MAX_VERIFY_ROUNDS:
-        if should_stop():
-            raise Stopped()
-        rounds += 1
-        store.upsert_commits([history.commit(det.before)])
-        run_at(store, executor, det.before, [test], cfg.nightly.iterations,
-               slow_threshold_s=cfg.tests.slow_threshold_s, poll_seconds=poll_seconds(cfg),
-               label=f"verify {det.before[:10]}", quiet=quiet, run_prefix=f"{prefix}-verify{rounds}",
-               should_stop=should_stop)
-        entry["verified"].append(det.before)
-        det = detect_test(store, test, chain, cfg)
-    return det
+def _extra_runs(cfg, store, executor, tip, test, entry, prefix, quiet, should_stop) -> Detection:
+    """Suggestive evidence: spend nightly.extra_iterations more runs at the tip
+    tonight (part of the same night) and judge again."""
+    if should_stop():
+        raise Stopped()
+    extra = run_at(store, executor, tip, [test], cfg.nightly.extra_iterations,
+                   slow_threshold_s=cfg.tests.slow_threshold_s, poll_seconds=poll_seconds(cfg),
+                   label=f"nightly {tip[:10]} extra", quiet=quiet, run_prefix=f"{prefix}-extra",
+                   should_stop=should_stop)
+    for bid in extra["build_ids"]:
+        store.record_nightly(test, tip, bid)
+    (more,) = extra["tests"]
+    entry["extra_runs"] = more["runs"]
+    entry["runs"] += more["runs"]
+    for k, v in more["outcomes"].items():
+        entry["outcomes"][k] = entry["outcomes"].get(k, 0) + v
+    return detect_test(store, test, cfg)[1]
 
 
 def _emit(store: Store, kind: str, test: str, det: Detection, cid: Optional[int], notify: Optional[Notify]) -> int:
@@ -238,9 +268,11 @@ def _last_kind(store: Store, test: str) -> Optional[str]:
 
 
 def _act_on_rise(cfg, store, history, test, det, index, entry, notify) -> None:
-    good = det.before if not det.thin else det.safe_before
+    good = det.before
     known = _known_rise(store, test, det, good, index)
-    if known is not None:
+    if good not in index:  # the branch was rewritten since that night: no range to bisect
+        entry["action"] = "good-end-off-branch"
+    elif known is not None:
         entry["action"], entry["campaign_id"] = known
     else:
         commits = history.first_parent_range(good, det.tip)
@@ -265,14 +297,16 @@ def _act_on_fall(store, test, det, entry, notify) -> None:
 
 
 def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, every: int = 10,
-                start: Optional[int] = None, say: Callable[[str], None] = lambda line: None,
+                start: Optional[int] = None, settle: int = 14, say: Callable[[str], None] = lambda line: None,
                 now: Optional[datetime] = None) -> dict:
     """The nightly chain on a demo repository (`demo_repo.build_demo_repo`, with a
     culprit and optionally a fix; no remote: the fetch is skipped): one nightly
     cycle every `every` commits from `start` (default: the demo's good commit)
     to the tip, moving the repository's `master` to each night's tip, and every
-    campaign a night opens driven to its verdict before the next night. The
-    branch is put back at the real tip at the end.
+    campaign a night opens driven to its verdict before the next night; then,
+    while a rise has no fall after it, up to `settle` more nights at the tip
+    (the branch stands still, the nights go on). The branch is put back at the
+    real tip at the end.
 
     Returns {"nights": [cycle results], "campaigns": [campaign results],
     "events": [rise/fall records]}; `say` gets one line per night and campaign."""
@@ -287,9 +321,15 @@ def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, 
     tips = list(range(first, len(shas), every))
     if tips[-1] != len(shas) - 1:
         tips.append(len(shas) - 1)
+    tips += [None] * settle
     out: dict = {"nights": [], "campaigns": [], "events": []}
     try:
         for n, i in enumerate(tips):
+            if i is None:
+                kinds = [e["kind"] for e in events(store)]
+                if RISE not in kinds or kinds[-1] != RISE:
+                    break
+                i = len(shas) - 1
             history.repo.git.update_ref(f"refs/heads/{cfg.spdk.branch}", shas[i])
             r = nightly_cycle(cfg, store, history, executor, fetch=False, now=now + timedelta(days=n))
             out["nights"].append(r)
@@ -298,7 +338,8 @@ def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, 
                 p = f" P={d['probability']:.3f}" if d["verdict"] != "none" else ""
                 say(f"night {n + 1}: tip {shas[i][:10]} (commit {i}): {t['test']}: "
                     f"{', '.join(f'{k} {v}' for k, v in sorted(t['outcomes'].items()))}; "
-                    f"{d['verdict']}{p}; {t['action']}")
+                    f"{d['verdict']}{p}; {t['action']}"
+                    + (f" ({t['extra_runs']} of the runs extra: suggestive)" if t.get("extra_runs") else ""))
                 if t["action"] == "campaign-opened":
                     res = BisectCampaign(store, executor, t["campaign_id"], poll_seconds=poll_seconds(cfg)).run()
                     out["campaigns"].append(res)

@@ -1,120 +1,129 @@
-"""Rise / fall detection (analysis/detect.py): tables of cases, as LUCI
-Analysis tests its change-point code."""
+"""Rise / fall detection (analysis/detect.py): the CUSUM over nights, by cases."""
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from flakebot.analysis.classes import Bins
-from flakebot.analysis.detect import DetectSettings, Point, detect, points_from_runs
+from flakebot.analysis.detect import DetectSettings, Detector, Night, night_counts, replay, replay_detector
 
 
-def night(pos: int, runs: int, events: int, sha: str | None = None) -> Point:
-    return Point(pos, sha or f"c{pos}", runs, events)
+def nights(spec: str, start: int = 0) -> list[Night]:
+    """'0 0 4' -> 20-run nights with that many failures (k/n for n runs, kt for timeouts, kn near misses)."""
+    out = []
+    for i, tok in enumerate(spec.split(), start=start):
+        n = 20
+        if "/" in tok:
+            tok, n = tok.split("/")[0], int(tok.split("/")[1])
+        kind = 3
+        if tok.endswith("t"):
+            tok, kind = tok[:-1], 2
+        elif tok.endswith("n"):
+            tok, kind = tok[:-1], 1
+        counts = [n - int(tok), 0, 0, 0]
+        counts[kind] = int(tok)
+        out.append(Night(f"n{i}", f"c{i}", tuple(counts)))
+    return out
 
 
-def nights(spec: str, runs: int = 20, step: int = 10) -> list[Point]:
-    """'0 0 0 9' -> one 20-run nightly every 10 commits with those event counts."""
-    return [night(i * step, runs, int(k)) for i, k in enumerate(spec.split())]
+def verdicts(ns: list[Night], settings: DetectSettings = DetectSettings()) -> list[str]:
+    d = Detector(settings)
+    return [d.push(n).verdict for n in ns]
 
 
-# name, points, verdict, before (newest commit on the old side), after (oldest on the new side)
-CASES = [
-    ("no runs", [], "none", None, None),
-    ("only the tip", nights("9"), "none", None, None),
-    ("flat and clean", nights("0 0 0 0 0"), "none", None, None),
-    ("flat and flaky (15%)", nights("3 2 4 3 3 2 4"), "none", None, None),
-    ("rise at the tip", nights("0 0 0 0 9"), "rise", "c30", "c40"),
-    ("rise two nights ago", nights("0 0 0 8 9"), "rise", "c20", "c30"),
-    ("rise from a flaky baseline", nights("1 0 2 1 1 0 1 12"), "rise", "c60", "c70"),
-    ("rise then fix, two clean nights", nights("0 0 0 8 9 0 0"), "fall", "c40", "c50"),
-    ("one clean night after a rise is not yet a fix", nights("0 0 0 8 9 10 1"), "none", None, None),
-    ("one unlucky night is not a rise", nights("1 0 1 0 1 0 5"), "none", None, None),
-    ("a drop to a still-high rate below min_effect", nights("9 9 9 9 8", runs=20), "none", None, None),
-]
+CLEAN = "0 " * 20
 
 
-@pytest.mark.parametrize("name,points,verdict,before,after", CASES, ids=[c[0] for c in CASES])
-def test_cases(name, points, verdict, before, after):
-    d = detect(points)
-    assert d.verdict == verdict, d.reason
-    if verdict == "none":
-        assert d.probability < 0.99 and d.before is None
-        return
-    assert d.probability >= 0.99
-    assert (d.before, d.after) == (before, after)
-    assert d.tip == points[-1].sha
-    assert d.before_confidence >= 0.5 and d.safe_confidence >= 0.99
-    if verdict == "rise":
-        assert d.p_rise >= 0.99 and d.current.mean > d.baseline.mean
-    else:
-        assert d.p_fall >= 0.99 and d.current.mean < d.baseline.mean
-
-
-@pytest.mark.parametrize("base_rate_events,tip_events,min_effect,verdict", [
-    # 2000 runs at 1% then 2000 at 3%: a sure change, but smaller than 5 points
-    (20, 60, 0.05, "none"),
-    (20, 60, 0.005, "rise"),
-    # 1% -> 10%: bigger than both
-    (20, 200, 0.05, "rise"),
+@pytest.mark.parametrize("name,spec,expect", [
+    ("clean", CLEAN, []),
+    ("flaky 15%, flat", "3 2 4 3 3 2 4 3 2 3 4 3 3 2 4 3", []),
+    ("rise of failures", CLEAN + "3 4", ["rise", 21]),
+    ("rise of timeouts", CLEAN + "3t 4t", ["rise", 21]),
+    ("rise of near misses alone", CLEAN + "3n 4n", ["rise", 21]),
+    ("one unlucky night is not a rise", "1 0 1 0 1 0 0 1 0 1 2", []),
+    ("too young to judge (under 100 runs)", "0 0 0 0 6", []),
 ])
-def test_min_effect(base_rate_events, tip_events, min_effect, verdict):
-    pts = [night(0, 2000, base_rate_events), night(10, 2000, tip_events)]
-    d = detect(pts, DetectSettings(min_effect=min_effect, change_prior=0.01))
-    assert d.verdict == verdict, d.reason
+def test_rises(name, spec, expect):
+    v = verdicts(nights(spec))
+    got = [(x, i) for i, x in enumerate(v) if x != "none"]
+    assert got == ([tuple(expect)] if expect else [])
 
 
-@pytest.mark.parametrize("good_runs,thin", [(5, True), (8, True), (40, False)])
-def test_thin_good_end(good_runs, thin):
-    """A clean commit just before the bad tip, with few runs of its own: the
-    likeliest good end, but thin; the safe good end is the older nightly."""
-    pts = nights("0 0 0 0") + [night(39, good_runs, 0, "g"), night(40, 20, 9, "tip")]
-    d = detect(pts)
-    assert d.verdict == "rise"
-    assert d.before == "g" and d.thin is thin
-    assert d.safe_before == ("g" if not thin else "c30")
-    assert d.after == "tip"
+def test_rise_names_the_range_and_the_class():
+    d = replay(nights(CLEAN + "5t"))
+    assert (d.verdict, d.klass, d.before, d.after, d.tip) == ("rise", "timeout", "c19", "c20", "c20")
+    assert d.probability >= 0.99 and d.current > d.baseline
 
 
-def test_prior_change_odds_matter():
-    """A weak rise: decisive with permissive change odds, not with LUCI's."""
-    pts = nights("0 0 0 5")
-    assert detect(pts).verdict == "none"
-    assert detect(pts, DetectSettings(change_prior=0.05)).verdict == "rise"
+def test_rise_found_late_is_placed_where_it_began():
+    """A weak rise (2 of 20 from 0) takes nights to cross; its range still starts at the change."""
+    ns = nights(CLEAN + "2 1 2 2 1 2 2 2 2")
+    v = verdicts(ns)
+    i = v.index("rise")
+    d = replay(ns[:i + 1])
+    assert 15 <= int(d.before[1:]) <= 19 and 20 <= int(d.after[1:]) <= i
 
 
-def test_points_merge_and_order_do_not_matter():
-    pts = nights("0 0 0 0 9")
-    split = [Point(p.position, p.sha, p.runs // 2, p.events // 2) for p in pts] + \
-            [Point(p.position, p.sha, p.runs - p.runs // 2, p.events - p.events // 2) for p in pts]
-    a, b = detect(pts), detect(list(reversed(split)))
-    assert (a.verdict, a.before, a.after) == (b.verdict, b.before, b.after)
-    assert a.probability == pytest.approx(b.probability, abs=1e-9)
+def test_fall_after_a_rise_names_the_range_it_fell_in():
+    ns = nights(CLEAN + "4 " * 15 + "0 " * 14)
+    v = verdicts(ns)
+    assert v.count("rise") == 1 and v.count("fall") == 1
+    i = v.index("fall")
+    assert 35 <= i < 49
+    d = replay(ns[:i + 1])
+    assert d.klass == "fail" and d.current < d.baseline
+    assert 30 <= int(d.before[1:]) <= 34 and 35 <= int(d.after[1:]) <= i
 
 
-def test_deterministic():
-    pts = nights("1 0 2 1 1 0 1 12")
-    assert detect(pts) == detect(pts)
+def test_no_fall_while_the_rate_stays_high():
+    v = verdicts(nights(CLEAN + "2 " * 60))
+    assert v.count("rise") == 1 and "fall" not in v
 
 
-def test_points_from_runs_counts_near_misses_and_drops_infra_and_strangers():
-    chain = ["a", "b", "c"]
-    runs = [("a", "pass", 3.0), ("a", "slow", 83.0), ("a", "infra", None), ("b", "timeout", 90.0),
-            ("b", "fail", None), ("b", "pass", 65.0),  # a pass that waited 65 s is a near miss too
-            ("zzz", "timeout", 90.0)]                   # off the first-parent chain
-    pts = points_from_runs(runs, chain, Bins())
-    assert [(p.sha, p.position, p.runs, p.events) for p in pts] == [("a", 0, 2, 1), ("b", 1, 3, 3)]
+def test_threshold_from_the_budget():
+    assert DetectSettings().threshold == pytest.approx(math.log(3 * 365 / 0.1))
+    assert DetectSettings(false_alarms_per_year=1).threshold < DetectSettings().threshold
 
 
-def test_near_misses_alone_are_a_rise():
-    chain = [f"c{i}" for i in range(50)]
-    runs = [(f"c{i}", "pass", 4.0) for i in (0, 10, 20, 30) for _ in range(20)]
-    runs += [("c40", "slow", 84.0)] * 8 + [("c40", "pass", 4.0)] * 12
-    d = detect(points_from_runs(runs, chain))
-    assert d.verdict == "rise" and d.before == "c30" and d.after == "c40"
+def test_a_stricter_budget_waits_longer():
+    ns = nights(CLEAN + "2 2 2 2 2 2 2 2 2 2")
+    loose, strict = DetectSettings(false_alarms_per_year=10), DetectSettings(false_alarms_per_year=0.001)
+    assert verdicts(ns, loose).index("rise") < verdicts(ns, strict).index("rise")
 
 
-def test_bad_settings():
+def test_suggestive_and_peek():
+    d, _ = replay_detector(nights(CLEAN))
+    det = d.peek(nights("3", start=20)[0])
+    assert det.verdict == "none" and det.suggestive
+    assert d.peek(nights("0", start=20)[0]).suggestive is False
+    assert len(d.nights) == 20  # peek keeps nothing
+
+
+def test_triggers_say_what_tonight_would_take():
+    d, _ = replay_detector(nights(CLEAN))
+    t = d.triggers(20)["fail"]
+    k = t["rise_at_least"]
+    assert k is not None and 1 <= k <= 20
+    assert d.peek(nights(f"{k}", start=20)[0]).verdict == "rise"
+    assert d.peek(nights(f"{k - 1}", start=20)[0]).verdict == "none"
+    assert t["rise_delay_nights"] > 0 and t["fall_at_most"] is None  # nothing to fall from at 0%
+
+
+def test_deterministic_and_reproducible():
+    ns = nights(CLEAN + "1 3 2 4")
+    assert replay(ns) == replay(list(ns))
+
+
+def test_night_counts_count_near_misses_and_drop_infra():
+    runs = [("pass", 3.0), ("slow", 83.0), ("infra", None), ("timeout", 90.0), ("fail", None), ("pass", 65.0)]
+    assert night_counts(runs, Bins()) == (1, 2, 1, 1)
+
+
+def test_bad_input():
     with pytest.raises(ValueError):
         DetectSettings(min_effect=0)
     with pytest.raises(ValueError):
-        Point(0, "a", 2, 3)
+        DetectSettings(false_alarms_per_year=0)
+    with pytest.raises(ValueError):
+        Night("a", "b", (1, -1, 0, 0))

@@ -66,10 +66,10 @@ def opened(opened_template, tmp_path):
 
 
 def open_a_campaign(world) -> int:
-    """Healthy nights, then bad tips until the nightly opens a bisection."""
-    for tip in (10, 20, 30, 38):
+    """Healthy nights (enough for a baseline), then bad tips until the nightly opens a bisection."""
+    for tip in (10, 13, 16, 19, 22, 25, 28, 31):  # the good end 31: a range of ten commits or more
         world.cycle(tip)
-    for tip in (43, 44, 45, 46):
+    for tip in (41, 42, 43, 44, 45, 46, 47):
         t = only(world.cycle(tip))
         if t["action"] == "campaign-opened":
             return t["campaign_id"]
