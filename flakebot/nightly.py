@@ -48,6 +48,7 @@ from flakebot.campaign import BisectParams, open_bisect
 from flakebot.config import Config
 from flakebot.history import History, HistoryError
 from flakebot.store import Store
+from flakebot.runids import seed_key
 from flakebot.batch import Stopped, run_at
 from flakebot.wiring import poll_seconds
 
@@ -119,8 +120,9 @@ def first_parent_chain(history: History, tip: str) -> list[str]:
 # ---------------------------------------------------------------- detection
 
 
-# A nightly cycle's builds share the run-id prefix "nightly-<stamp>-<n>" (its
-# extra runs add "-extra"): that prefix is the night.
+# A nightly cycle's builds share the run-id prefix "nightly-<stamp>-<n>" after
+# the database's instance id (runids.py; its extra runs add "-extra"): that
+# prefix is the night.
 _NIGHT_KEY = re.compile(r"^(nightly-\d{8}T\d{6}-\d+)")
 
 
@@ -129,7 +131,7 @@ def stored_nights(store: Store, test: str, cfg: Config) -> list[Night]:
     order: dict[str, tuple[str, set]] = {}
     for row in store.nightlies(test):
         build = store.get_build(row["build_id"]) if row["build_id"] is not None else None
-        m = _NIGHT_KEY.match(build["run_id"]) if build else None
+        m = _NIGHT_KEY.match(seed_key(build["run_id"])) if build else None
         key = m.group(1) if m else f"nightly-record-{row['id']}"
         order.setdefault(key, (row["commit_sha"], set()))[1].add(row["build_id"])
     by_build: dict[int, list[tuple[str, object]]] = {}
