@@ -17,7 +17,10 @@ from typing import Optional
 import click
 
 from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, guard
+from rich.console import Console
+
 from flakebot.model import fmt_outcomes
+from flakebot.report.table import Col, fitted
 
 def _guard(fn):
     """cliutil.guard, and a second service on the same database is bad input too."""
@@ -57,7 +60,7 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
     """One nightly cycle now: fetch, run the tests at the branch tip, detect a
     rise or fall, open a bisection on a rise."""
     from flakebot.campaign import BisectCampaign
-    from flakebot.nightly import nightly_cycle
+    from flakebot.nightly import describe, nightly_cycle
     from flakebot.wiring import build_executor, open_history, open_store, poll_seconds
 
     cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
@@ -76,16 +79,7 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
         return
     click.echo(f"nightly at {result['tip'][:10]} (fetch: {result['fetch']})")
     for t in result["tests"]:
-        d = t["detection"]
-        line = f"  {t['test']}: {t['runs']} runs ({fmt_outcomes(t['outcomes'])}); {d['verdict']}"
-        if d["verdict"] != "none":
-            line += f" P={d['probability']:.4f} after {d['before'][:10]}"
-        if t.get("extra_runs"):
-            line += f" ({t['extra_runs']} extra runs: suggestive)"
-        line += f"; {t['action']}"
-        if t["campaign_id"]:
-            line += f" (campaign {t['campaign_id']})"
-        click.echo(line)
+        click.echo(f"  {t['test']}: {t['runs']} runs: {describe(t)}")
     for r in result.get("campaigns", []):
         culprit = (r.get("culprit") or "")[:10]
         click.echo(f"  campaign {r['campaign_id']}: {r['verdict']} {culprit} "
@@ -208,26 +202,46 @@ def detector_status(store, cfg) -> dict:
 
 
 def _print_detector(d: dict) -> None:
-    click.echo(f"detector (CUSUM per class; threshold h = {d['threshold']:.2f} for {d['false_alarms_per_year']:g} "
-               f"false alarms per test per year; effect {d['min_effect']:g}; {d['runs_a_night']} runs a night):"
-               if d["tests"] else "detector: no nights yet")
+    """One table per test: a class per row, every number in its own column, so
+    the section fits 80 columns (report/table.py)."""
+    if not d["tests"]:
+        click.echo("detector: no nights yet")
+        return
+    n, eff = d["runs_a_night"], d["min_effect"]
+    click.echo(f"detector: CUSUM per class, alarm at h = {d['threshold']:.2f}\n"
+               f"  ({d['false_alarms_per_year']:g} false alarms per test per year, {n} runs a night);\n"
+               f"  rise, fall: evidence so far; at: tonight's count (or clean nights) to call it;\n"
+               f"  +{eff:g}, -{eff:g}: nights a change of that size takes to call")
+    cols = [Col("class", "left"), Col("rate"), Col("rise"), Col("at"), Col(f"+{eff:g}"),
+            Col("fall"), Col("at "), Col(f"-{eff:g}")]
     for t in d["tests"]:
-        click.echo(f"  {t['test']}: {t['nights']} nights, segment since {(t['segment_start'] or '')[:10]}")
+        rows = []
         for c, v in t["classes"].items():
-            line = f"    {c}: rate {v['rate']:.3f}; rise evidence {v['rise']:.2f}/{d['threshold']:.2f}"
-            if v["rise_at_least"] is not None:
-                line += f" (rise tonight at >= {v['rise_at_least']} of {d['runs_a_night']}"
-                line += f"; a +{d['min_effect']:g} rise takes ~{v['rise_delay_nights']:g} nights)"
-            elif v["rise_delay_nights"] is not None:
-                line += f" (not tonight; a +{d['min_effect']:g} rise takes ~{v['rise_delay_nights']:g} nights)"
-            else:
-                line += " (too few runs to judge yet)"
-            if v["fall_clean_nights"] is not None:
-                line += f"; fall evidence {v['fall']:.2f}/{d['threshold']:.2f} ("
-                line += (f"fall tonight at <= {v['fall_at_most']} of {d['runs_a_night']}" if v["fall_at_most"]
-                         is not None else f"{v['fall_clean_nights']} clean nights to a fall")
-                line += f"; a -{d['min_effect']:g} fall takes ~{v['fall_delay_nights']:g} nights)"
-            click.echo(line)
+            falls = v["fall_clean_nights"] is not None
+            rows.append([
+                _CLASS_WORDS.get(c, c), f"{v['rate']:.3f}", f"{v['rise']:.2f}",
+                _at(">=", v["rise_at_least"], n) if v["rise_delay_nights"] is not None else "too few runs",
+                _nights(v["rise_delay_nights"]),
+                f"{v['fall']:.2f}" if falls else "-",
+                (_at("<=", v["fall_at_most"], n) if v["fall_at_most"] is not None
+                 else f"{v['fall_clean_nights']} clean") if falls else "-",
+                _nights(v["fall_delay_nights"]) if falls else "-",
+            ])
+        since = (t["segment_start"] or "")[:10]
+        Console(soft_wrap=True).print(fitted(
+            f"{t['test']}: {t['nights']} nights" + (f", segment since {since}" if since else ""), cols, rows,
+            Console().width))
+
+
+_CLASS_WORDS = {"near": "near miss"}  # the detector's class names, in the words of the tables
+
+
+def _at(op: str, k, n: int) -> str:
+    return "no" if k is None else f"{op} {k}/{n}"
+
+
+def _nights(x) -> str:
+    return "-" if x is None else f"~{x:.0f}"
 
 
 def finished_campaigns(store, limit: int = 5) -> list[dict]:
@@ -265,7 +279,8 @@ def status(ctx, db, repo, as_json):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"database {data['database']}; service {data['service']}")
+    click.echo(f"service {data['service']}")
+    click.echo(f"database {data['database']}")  # a path: the one line that may pass the width
     click.echo("open campaigns:" if data["campaigns"] else "open campaigns: none")
     for c in data["campaigns"]:
         line = f"  {c['id']} {c['kind']} {c['test']} {c['good'][:10]}..{c['bad'][:10]}"
@@ -279,18 +294,23 @@ def status(ctx, db, repo, as_json):
     _print_finished(data["finished"])
     click.echo("last nightly:" if data["nightly"] else "last nightly: none yet")
     for t in data["nightly"]:
-        click.echo(f"  {t['test']} at {t['commit'][:10]} ({t['at']}): {t['runs']} runs "
+        click.echo(f"  {t['test']} at {t['commit'][:10]} ({_short_time(t['at'])}): {t['runs']} runs "
                    f"({fmt_outcomes(t['outcomes'])})")
         ev = t["last_event"]
         if ev:
-            click.echo(f"    last {_EVENT_WORDS.get(ev['kind'], ev['kind'])} {ev['at']}: between "
-                       f"{ev['before'][:10]} and {ev['after'][:10]} (P={ev['probability']:.3f})"
+            click.echo(f"    last {_EVENT_WORDS.get(ev['kind'], ev['kind'])} {_short_time(ev['at'])}: "
+                       f"{ev['before'][:10]}..{ev['after'][:10]} (P={ev['probability']:.3f})"
                        + (f", campaign {ev['campaign_id']}" if ev["campaign_id"] else ""))
     _print_detector(data["detector"])
     s = data["schedule"]
-    click.echo(f"next nightly runs ({s['cron']} {s['timezone']}): {', '.join(s['nightly'])}")
-    click.echo(f"campaign driver every {s['campaign_driver_every_s']:g} s; review poller every "
-               f"{s['review_poll_every_min']} min")
+    click.echo(f"next nightly runs ({s['timezone']}): {', '.join(_short_time(t) for t in s['nightly'])}")
+    click.echo(f"nightly cron {s['cron']}; campaign driver every {s['campaign_driver_every_s']:g} s; "
+               f"review poller every {s['review_poll_every_min']} min")
+
+
+def _short_time(iso: str) -> str:
+    """Minutes are enough in the text (--json has the full times)."""
+    return iso[:16].replace("T", " ")
 
 
 _EVENT_WORDS = {"rise": "rise", "fall": "fall (appears fixed)"}
@@ -298,13 +318,19 @@ _EVENT_WORDS = {"rise": "rise", "fall": "fall (appears fixed)"}
 
 def _print_finished(rows: list[dict]) -> None:
     click.echo("finished campaigns:" if rows else "finished campaigns: none")
+    width = Console().width
     for c in rows:
-        line = f"  {c['id']} {c['kind']} {c['test']} {c['good'][:10]}..{c['bad'][:10]}: {c['verdict'] or c['status']}"
-        if c["culprit"]:
-            line += f" {c['culprit'][:10]} {c['subject']}"
+        click.echo(f"  {c['id']} {c['kind']} {c['test']} {c['good'][:10]}..{c['bad'][:10]}:")
+        line = f"    {c['verdict'] or c['status']}"
         if c["confidence"] is not None:
             line += f" (confidence {c['confidence']:.3f})"
-        click.echo(line)
+        if c["culprit"]:
+            line += f" {c['culprit'][:10]}"
+            room = width - len(line) - 1
+            subject = c["subject"] or ""
+            # the subject is the one free text: cut it to the terminal, never a number
+            line += " " + (subject if len(subject) <= room else subject[:max(room - 1, 0)] + "…")
+        click.echo(line.rstrip())
 
 
 COMMANDS = (nightly, serve, status)

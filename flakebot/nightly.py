@@ -46,6 +46,7 @@ from flakebot.analysis.detect import FALL, NONE, RISE, Detection, DetectSettings
     replay_detector
 from flakebot.campaign import BisectParams, open_bisect
 from flakebot.config import Config
+from flakebot.model import fmt_outcomes
 from flakebot.history import History, HistoryError
 from flakebot.store import Store
 from flakebot.runids import seed_key
@@ -298,6 +299,37 @@ def _act_on_fall(store, test, det, entry, notify) -> None:
 # ---------------------------------------------------------------- demo
 
 
+_ACTION_WORDS = {
+    "none": "",
+    "campaign-opened": "bisection opened",
+    "campaign-open": "a bisection of this range is open already",
+    "known-culprit": "a known culprit explains it",
+    "searched-before": "a finished bisection covers it",
+    "good-end-off-branch": "no bisection: the branch was rewritten under the good end",
+    "appears-fixed": "recorded as appears fixed",
+    "fall-known": "the fall was recorded before",
+}
+
+
+def describe(t: dict) -> str:
+    """One test's night in words, as `flakebot nightly` and the demo print it:
+    'pass 8, near miss 9, timeout 3; rise after 6993a66871 (P=1.000): bisection
+    opened (campaign 1)' or '...; no change'."""
+    d = t["detection"]
+    if d["verdict"] == NONE:
+        line = f"{fmt_outcomes(t['outcomes'])}; no change"
+    else:
+        line = f"{fmt_outcomes(t['outcomes'])}; {d['verdict']} after {d['before'][:10]} (P={d['probability']:.3f})"
+    if t.get("extra_runs"):
+        line += f", {t['extra_runs']} of the runs extra (a suggestive night)"
+    words = _ACTION_WORDS.get(t["action"], t["action"])
+    if words:
+        line += f": {words}"
+    if t.get("campaign_id"):
+        line += f" (campaign {t['campaign_id']})"
+    return line
+
+
 def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, every: int = 10,
                 start: Optional[int] = None, settle: int = 14, say: Callable[[str], None] = lambda line: None,
                 now: Optional[datetime] = None) -> dict:
@@ -336,12 +368,7 @@ def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, 
             r = nightly_cycle(cfg, store, history, executor, fetch=False, now=now + timedelta(days=n))
             out["nights"].append(r)
             for t in r["tests"]:
-                d = t["detection"]
-                p = f" P={d['probability']:.3f}" if d["verdict"] != "none" else ""
-                say(f"night {n + 1}: tip {shas[i][:10]} (commit {i}): {t['test']}: "
-                    f"{', '.join(f'{k} {v}' for k, v in sorted(t['outcomes'].items()))}; "
-                    f"{d['verdict']}{p}; {t['action']}"
-                    + (f" ({t['extra_runs']} of the runs extra: suggestive)" if t.get("extra_runs") else ""))
+                say(f"night {n + 1}: tip {shas[i][:10]} (commit {i}): {t['test']}: {describe(t)}")
                 if t["action"] == "campaign-opened":
                     res = BisectCampaign(store, executor, t["campaign_id"], poll_seconds=poll_seconds(cfg)).run()
                     out["campaigns"].append(res)

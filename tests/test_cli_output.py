@@ -165,6 +165,7 @@ def test_report(lab, width):
 def test_status(lab, width):
     r = invoke("status", "--db", lab.db, env={"COLUMNS": str(width)})
     assert r.exit_code == 0, r.output
+    fit(r.output, width)
     b = lab.bisect
     assert f"{b['campaign_id']} bisect {TEST}" in r.output and b["culprit"][:10] in r.output
     assert f"(confidence {b['confidence']:.3f})" in r.output
