@@ -173,6 +173,22 @@ def test_screenshot(demo_reports, tmp_path):
         save_docs_screenshot(png, DOCS_SCREENSHOT)
 
 
+def test_index_screenshot(demo_reports, tmp_path):
+    """The index page (the timeline: the rise, the culprit, the fall) renders; its
+    top is the docs' second screenshot."""
+    folder, _, result = demo_reports
+    png = tmp_path / "index.png"
+    r = chromium(tmp_path, f"--screenshot={png}", (folder / "index.html").as_uri())
+    assert r.returncode == 0 and png.is_file(), r.stderr[-2000:]
+    assert page_errors(r.stderr) == []
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(png))[..., :3]
+    assert img.shape[:2] == (WINDOW[1], WINDOW[0]) and img.std() > 0.05
+    if os.environ.get("FLAKEBOT_UPDATE_SCREENSHOT"):
+        save_docs_screenshot(png, DOCS_SCREENSHOT.with_name("demo-index.png"), height=900)
+
+
 def save_docs_screenshot(png: Path, dest: Path, height: int = 1500) -> None:
     """The top of the page (verdict, waits, posterior), palette PNG: small enough to commit."""
     from PIL import Image
