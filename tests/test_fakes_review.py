@@ -202,7 +202,7 @@ def test_done_when_campaign_result_lands_exactly_once(g, gh, tmp_path):
     # 2nd process: same call again after restart
     store = Store(tmp_path / "fb.db")
     rep = outbox.deliver_result(store, result, reps, tracking_issues=tracking)
-    assert rep.done and rep.found == ["github-issue:3322:7"]
+    assert rep.done and rep.found == [f"github-issue:3322:{result['culprit']}:{result['test']}"]
     # and a 3rd time, for good measure
     outbox.deliver_result(store, result, reps, tracking_issues=tracking)
 

@@ -561,7 +561,7 @@ def test_v1_database_migrates_to_v2_keeping_its_data(tmp_path):
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     s.close()
     s = Store(path)
-    assert s.schema_version() == 2
+    assert s.schema_version() == SCHEMA_VERSION
     assert s.get_build(bid)["run_id"] == "r1"
     eid = s.record_event("rise", "t", tip="c" * 40, before="a" * 40, probability=0.995, detail={"x": 1})
     (ev,) = s.events("t")
