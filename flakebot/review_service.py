@@ -304,7 +304,8 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
         cursor = store.get_meta(meta)
         poll = cmds.poll_gerrit if platform == "gerrit" else cmds.poll_github
         try:
-            found, new_cursor = poll(client, cursor, policy)
+            kw = {"max_age_days": cfg.commands.max_age_days} if platform == "gerrit" else {}
+            found, new_cursor = poll(client, cursor, policy, **kw)
         except Exception as e:  # network, auth: this platform waits for the next pass
             rep.errors[platform] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.warning("poll %s: %s", platform, rep.errors[platform])
