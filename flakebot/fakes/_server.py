@@ -55,6 +55,9 @@ class FakeServer:
 
     handler: type[FakeHandler]
     port: int
+    # A slow server: seconds a write (POST) takes after it is applied and before
+    # it is answered (the window in which a killed client has posted but not recorded).
+    write_latency: float = 0.0
     _server: Optional[ThreadingHTTPServer] = None
     _thread: Optional[threading.Thread] = None
 

@@ -27,6 +27,7 @@ import json
 import re
 import shlex
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -328,6 +329,8 @@ class _Handler(FakeHandler):
             status, obj, text = self._route(method, path[2:], parse_qs(parts.query), raw, user)
         except _Bad as e:
             status, obj, text = 400, None, str(e)
+        if method == "POST" and fake.write_latency:
+            time.sleep(fake.write_latency)
         if fault:
             return self._send(fault["status"], text=fault["body"])
         self._send(status, obj, text)
