@@ -56,6 +56,7 @@ class Trial:
     not_recorded: int = 0  # posted on the fake but not 'posted' in the store
     exit_codes: list = field(default_factory=list)
     seconds: float = 0.0
+    killed: bool = False
 
 
 class PostingWorld:
@@ -132,11 +133,16 @@ class PostingWorld:
                      victim: int = 0, timeout: float = 120.0) -> Trial:
         """Two polls and serve at once; serve is stopped (SIGTERM) once every key
         is recorded or at ``timeout``. ``kill_after``: kill -9 process ``victim``
-        (0, 1: a poll; 2: serve) that many seconds in, then run one more poll."""
+        (0, 1: a poll; 2: serve) that many seconds after the first post reached
+        a fake, then run one more poll (a restart). ``Trial.killed``: whether
+        the victim was still running when killed."""
         t0 = time.monotonic()
         procs = [self.start(cfg, "poll"), self.start(cfg, "poll"), self.start(cfg, "serve")]
+        killed = False
         if kill_after is not None:
+            self.wait_for_post(timeout)
             time.sleep(kill_after)
+            killed = procs[victim].poll() is None
             procs[victim].send_signal(signal.SIGKILL)
             procs[victim].wait()
         for p in procs[:2]:
@@ -152,7 +158,17 @@ class PostingWorld:
         trial = self.count(db, keys)
         trial.exit_codes = [p.returncode for p in procs]
         trial.seconds = time.monotonic() - t0
+        trial.killed = killed
         return trial
+
+    def wait_for_post(self, timeout: float = 60.0) -> None:
+        """Until some process's first write reached a fake."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(m == "POST" for f in (self.g, self.gh) for m, _ in list(f.requests)):
+                return
+            time.sleep(0.01)
+        raise TimeoutError("no post reached the fakes")
 
     # ------------------------------------------------------------ counting
 

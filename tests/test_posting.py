@@ -51,21 +51,12 @@ def test_two_polls_and_serve_at_once_post_every_delivery_once(tmp_path):
     assert trial.exit_codes == [0, 0, 0]
 
 
-def _wait_for_post(fakes, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(m == "POST" for f in fakes for m, _ in list(f.requests)):
-            return
-        time.sleep(0.01)
-    raise AssertionError("no post arrived")
-
-
 def test_a_poller_killed_mid_post_leaves_a_claim_the_next_one_takes_over(tmp_path):
     world = PostingWorld(tmp_path, write_latency=30.0)  # a post is applied, its answer never arrives
     try:
         cfg, db, keys = world.prepare()
         proc = world.start(cfg, "poll")
-        _wait_for_post([world.g, world.gh])
+        world.wait_for_post()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with Store(db) as store:
