@@ -14,7 +14,9 @@ Several processes may flush one database at once (``flakebot poll`` next to
 up and posted, and the claim is released when the outcome is recorded. A
 claim lapses after ``CLAIM_SECONDS`` (longer than the longest rate-limit wait),
 or at once when its holder was a process on this host that is gone (kill -9),
-so a row is never lost to a dead poster. The body carries a marker (GitHub: ``<!-- flakebot:KEY -->``; Gerrit: a
+so a row is never lost to a dead poster.
+
+The body carries a marker (GitHub: ``<!-- flakebot:KEY -->``; Gerrit: a
 ``[flakebot:KEY]`` line plus the review tag), so a pass that finds an item
 still queued first looks at the target for that marker: if an earlier attempt
 reached the server (the bot was killed between posting and recording), the
@@ -62,6 +64,7 @@ _TEST = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # an hour, then retries), so a live poster never loses its claim mid-post.
 CLAIM_SECONDS = 2 * 3600.0
 HOST = socket.gethostname()
+_CLAIMANT: Optional[tuple[str, int]] = None  # (name, pid): a forked child gets its own
 
 
 def claimant() -> str:
@@ -70,9 +73,6 @@ def claimant() -> str:
     if _CLAIMANT is None or _CLAIMANT[1] != os.getpid():
         _CLAIMANT = (f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}", os.getpid())
     return _CLAIMANT[0]
-
-
-_CLAIMANT: Optional[tuple[str, int]] = None
 
 
 def holder_is_gone(holder: str) -> bool:
@@ -169,16 +169,17 @@ def plan_result(
     targets: list[str] = []
     culprit = str(result.get("culprit") or "").lower()
     test = str(result.get("test") or "")
-    # A culprit is announced once per (culprit, test): later campaigns that reach
-    # it queue the same keys, which the store already holds.
-    once = f"{culprit}:{test}" if result.get("kind") == "bisect" and result.get("verdict") == "culprit" \
-        and _SHA.fullmatch(culprit) and _TEST.fullmatch(test) else None
-    if once:
+    culprit_found = result.get("kind") == "bisect" and result.get("verdict") == "culprit" \
+        and _SHA.fullmatch(culprit)
+    if culprit_found:
         targets += [f"gerrit-commit:{culprit}", f"github-culprit:{culprit}"]
     if tracking_issue is not None and result.get("kind") == "bisect":
         targets.append(f"github-issue:{int(tracking_issue)}")
     if reply_to:
         targets.append(reply_to)
+    # A culprit is announced once per (culprit, test): later campaigns that reach
+    # it queue the same keys, which the store already holds.
+    once = f"{culprit}:{test}" if culprit_found and _TEST.fullmatch(test) else None
     items: list[Item] = []
     seen: set[str] = set()
     for t in targets:
@@ -187,8 +188,10 @@ def plan_result(
             continue
         if t == reply_to:
             key = f"reply:{t}:{cid}"
+        elif once and t.startswith("github-issue:"):
+            key = f"{t}:{once}"
         elif once:
-            key = f"{t}:{test}" if t.endswith(culprit) else f"{t}:{once}"
+            key = f"{t}:{test}"  # the target names the culprit already
         else:
             key = f"{t}:{cid}"
         if key in seen:
