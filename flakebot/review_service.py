@@ -317,7 +317,10 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
                 rep.refusals.append({"key": item.key, "reason": item.reason})
                 continue
             try:
-                cid, new, why = start_command(store, cfg, history, item)
+                # One transaction: a second poller reading the same command waits,
+                # then finds the campaign by the command's key (one campaign, ever).
+                with store.write():
+                    cid, new, why = start_command(store, cfg, history, item)
             except Exception as e:  # one bad command must not block the ones after it
                 log.warning("command %s: %s: %s", item.key, type(e).__name__, e)
                 cid, new, why = None, False, "this command could not be started"
