@@ -13,7 +13,12 @@ do not import flakebot.cli.
   pollers (review_service.poll_pass); the verify commands found are run to
   their answer here, the bisect commands open their campaign (for
   `flakebot serve` or `flakebot bisect --resume ID` to drive; `poll` posts
-  the answer of a finished one on a later pass).
+  the answer of a finished one on a later pass). Exit 1 when polling or
+  posting failed on any platform (credentials refused, an outage): one
+  `error: PLATFORM: ...` line each on stderr; what was not posted stays
+  queued (`flakebot status` lists it). The summary counts every delivery of
+  the pass. Several polls and `flakebot serve` may run at once on one
+  database: each delivery is claimed in the store before it is posted.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import click
 
 from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
 
-EXIT_OK, EXIT_INCONCLUSIVE = 0, 3
+EXIT_OK, EXIT_PLATFORM_FAILED, EXIT_INCONCLUSIVE = 0, 1, 3
 HEX = r"[0-9a-fA-F]{7,40}"
 
 
@@ -139,22 +144,25 @@ def poll(ctx, dry_run, db, executor, command_, repo, seed, as_json):
         if history is not None:
             history.close()
     data = rep.as_json()
+    f = data["flush"] or {}
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(f"polled: {', '.join(data['polled']) or 'nothing'}")
-        for p, e in data["errors"].items():
-            click.echo(f"  {p}: {e}")
         for c in data["commands"]:
             click.echo(f"  {c['action']} {c['test']} ({c['key']}): campaign {c['campaign_id']}"
                        + ("" if c["started"] else " (started before)"))
         for r in data["refusals"]:
             click.echo(f"  refused {r['key']}: {r['reason']}")
-        f = data["flush"] or {}
         click.echo(f"answers posted {len(f.get('posted', []))}, still queued {len(f.get('pending', []))}, "
-                   f"failed {len(f.get('failed', []))}")
-    if data["errors"] and not data["polled"]:
-        raise InputError("; ".join(f"{p}: {e}" for p, e in data["errors"].items()))
+                   f"failed {len(f.get('failed', []))}"
+                   + (f", found already posted {len(f['found'])}" if f.get("found") else "")
+                   + (f", being posted by another process {len(f['busy'])}" if f.get("busy") else ""))
+    if rep.failed:
+        # One line per failed platform; the queued deliveries wait for the next pass (`flakebot status`).
+        for p, e in {**data["delivery_errors"], **data["errors"]}.items():
+            click.echo(f"error: {p}: {e}", err=True)
+        sys.exit(EXIT_PLATFORM_FAILED)
 
 
 COMMANDS = (verify, poll)

@@ -165,6 +165,7 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
         out["events"] = [_event_brief(e) for e in events(store)[-10:]]
         out["finished"] = finished_campaigns(store)
         out["detector"] = detector_status(store, cfg)
+        out["deliveries"] = pending_deliveries(store)
     n = cfg.nightly
     out["schedule"] = {"cron": n.cron, "timezone": n.timezone,
                        "nightly": [t.isoformat() for t in next_fire_times(nightly_trigger(cfg), 3, now)],
@@ -260,6 +261,34 @@ def finished_campaigns(store, limit: int = 5) -> list[dict]:
     return out
 
 
+def pending_deliveries(store, limit: int = 20) -> dict:
+    """Comments not posted (yet): queued ones (retried on every pass) and failed
+    ones (given up), each with its last error; the oldest ``limit`` of each."""
+    out: dict = {}
+    for status in ("queued", "failed"):
+        rows = [r for r in store.queued_comments(include_failed=True) if r["status"] == status]
+        out[status] = len(rows)
+        out[f"{status}_items"] = [{"key": r["key"], "target": r["target"], "attempts": r["attempts"],
+                                   "last_error": r["last_error"], "since": r["created_at"],
+                                   "claimed_by": r.get("claimed_by"), "claim_until": r.get("claim_until")}
+                                  for r in rows[:limit]]
+    return out
+
+
+def _print_deliveries(d: dict) -> None:
+    if not d["queued"] and not d["failed"]:
+        click.echo("deliveries: none queued or failed")
+        return
+    click.echo(f"deliveries: {d['queued']} queued, {d['failed']} failed")
+    for status in ("queued", "failed"):
+        for r in d[f"{status}_items"]:
+            click.echo(f"  {status} {r['key']}")
+            line = f"    since {_short_time(r['since'])}, {r['attempts']} attempts"
+            if r["claimed_by"]:
+                line += f", claimed by {r['claimed_by']} until {_short_time(r['claim_until'])}"
+            click.echo(line + (f": {r['last_error']}" if r["last_error"] else ""))
+
+
 def _event_brief(e: dict) -> dict:
     return {"id": e["id"], "kind": e["kind"], "test": e["test"], "before": e["before_sha"], "after": e["after_sha"],
             "tip": e["tip_sha"], "probability": e["probability"], "campaign_id": e["campaign_id"],
@@ -273,7 +302,8 @@ def _event_brief(e: dict) -> dict:
 @click.pass_context
 @_guard
 def status(ctx, db, repo, as_json):
-    """Open campaigns, the last nightly results per test, the next scheduled runs."""
+    """Open campaigns, queued and failed deliveries, the last nightly results
+    per test, the next scheduled runs."""
     cfg = config_from(ctx, {"store.db": db, "spdk.repo": repo})
     data = status_data(cfg)
     if as_json:
@@ -289,9 +319,10 @@ def status(ctx, db, repo, as_json):
                      f"{c['top']['commit'][:10]} p={c['top']['probability']:.3f} {c['top']['subject']}")
         if c["driver"]:
             d = c["driver"]
-            line += f"; driven by pid {d['pid']} on {d['host']} since {d['since']}"
+            line += f"; driven by pid {d['pid']} on {d['host']} since {_short_time(d['since'])}"
         click.echo(line)
     _print_finished(data["finished"])
+    _print_deliveries(data["deliveries"])
     click.echo("last nightly:" if data["nightly"] else "last nightly: none yet")
     for t in data["nightly"]:
         click.echo(f"  {t['test']} at {t['commit'][:10]} ({_short_time(t['at'])}): {t['runs']} runs "

@@ -310,14 +310,17 @@ def _norm_gerrit_ts(ts: str) -> str:
     return f"{m.group(1)}.{(m.group(2) or '').ljust(9, '0')}"
 
 
-def poll_gerrit(client, cursor: Optional[str], policy: Policy, *, query: str = "status:open",
-                now: Optional[Callable[[], datetime]] = None, page_size: int = 100,
+def poll_gerrit(client, cursor: Optional[str], policy: Policy, *, max_age_days: int = 14,
+                query: str = "", now: Optional[Callable[[], datetime]] = None, page_size: int = 100,
                 max_pages: int = 10) -> tuple[list[Parsed], str]:
     """Commands in change messages newer than ``cursor``.
 
-    Asks ``GET /a/changes/?q=since:"TS" <query>&o=MESSAGES&o=ALL_REVISIONS``
-    (``since`` is inclusive and about the change's update time, so messages are
-    filtered again by their own date). ``cursor`` is an opaque string (store it);
+    Asks ``GET /a/changes/?q=since:"TS" -age:Nd <query>&o=MESSAGES&o=ALL_REVISIONS``:
+    changes updated since the cursor and within the last ``max_age_days``,
+    whatever their status, so a command on a merged change (where every
+    culprit is) is seen. ``since`` is inclusive and about the change's update
+    time, so messages are filtered again by their own date and id against the
+    cursor: a comment is read once. ``cursor`` is an opaque string (store it);
     None starts from now, so old comments are never replayed. Returns
     (commands and refusals oldest first, new cursor).
     """
@@ -328,7 +331,7 @@ def poll_gerrit(client, cursor: Optional[str], policy: Policy, *, query: str = "
     assert cur is not None
     cur["ts"] = _norm_gerrit_ts(cur["ts"]) or cur["ts"]
     since = cur["ts"][:23]  # Gerrit's since: takes milliseconds at most
-    q = f'since:"{since}"' + (f" {query}" if query else "")
+    q = f'since:"{since}" -age:{int(max_age_days)}d' + (f" {query}" if query else "")
     found: list[tuple[str, str, dict, dict]] = []
     start = 0
     for _ in range(max_pages):

@@ -612,6 +612,8 @@ class CommandsConfig:
                                 "allow (false = ignore them silently).")
     max_verify_iterations: int = _k(100, Int(1, 10_000), "Most iterations a `/flakebot verify N` may ask for.")
     poll_minutes: int = _k(5, Int(1, 1440), "Minutes between checks for new comments.")
+    max_age_days: int = _k(14, Int(1, 3650), "Gerrit: look for commands on changes updated in the last "
+                           "this many days, open or not (`-age:Nd`); older comments are never read.")
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,26 @@ def reply_targets(params: dict) -> list[str]:
     return [r] if isinstance(r, str) else [t for t in r if isinstance(t, str)]
 
 
+def campaign_items(cfg: Config, row: dict, platforms) -> list[outbox.Item]:
+    """The deliveries of a finished campaign (a store row): its culprit's change
+    and PR, the tracking issue, every review thread that asked (pure)."""
+    result = row.get("result")
+    if row["status"] != "done" or not result:
+        return []
+    result = {**result, "campaign_id": row["id"]}
+    rendered = render.render(result)
+    tracking = dict(cfg.github.tracking_issues)
+    issue = tracking.get(str(result.get("test")))
+    # A bisection asked for on the tracking issue is answered there once (its tracking-issue post).
+    same = f"github-issue:{issue}" if issue is not None and result.get("kind") == "bisect" else None
+    targets = [t for t in reply_targets(row["params"]) if t != same]
+    items = outbox.plan_result(result, rendered, platforms=tuple(platforms), tracking_issue=issue,
+                               reply_to=targets[0] if targets else None)
+    for t in targets[1:]:
+        items += outbox.plan_result(result, rendered, platforms=tuple(platforms), reply_to=t)
+    return list({i.key: i for i in items}.values())
+
+
 def deliver_campaign(store: Store, cfg: Config, campaign_id: int, reporters: Mapping[str, Reporter],
                      *, post: bool = True, outbox_store=None) -> Optional[outbox.FlushReport]:
     """Queue (and unless ``post`` is False, post) a finished campaign's
@@ -98,21 +118,11 @@ def deliver_campaign(store: Store, cfg: Config, campaign_id: int, reporters: Map
     ``outbox_store``: where to queue (default ``store``)."""
     row = store.get_campaign(campaign_id)
     ostore = outbox_store if outbox_store is not None else store
-    result = row.get("result")
-    if row["status"] != "done" or not result or not reporters:
+    items = campaign_items(cfg, row, reporters) if reporters else []
+    if not items:
         return None
-    result = {**result, "campaign_id": campaign_id}
-    rendered = render.render(result)
-    tracking = dict(cfg.github.tracking_issues)
-    issue = tracking.get(str(result.get("test")))
-    # A bisection asked for on the tracking issue is answered there once (its tracking-issue post).
-    same = f"github-issue:{issue}" if issue is not None and result.get("kind") == "bisect" else None
-    targets = [t for t in reply_targets(row["params"]) if t != same]
-    rep = outbox.deliver_result(ostore, result, reporters, rendered=rendered, tracking_issues=tracking,
-                                reply_to=targets[0] if targets else None, post=False)
-    for t in targets[1:]:
-        outbox.deliver_result(ostore, result, reporters, rendered=rendered, reply_to=t, post=False)
-    return outbox.flush(ostore, reporters) if post else rep
+    outbox.queue_items(ostore, items)
+    return outbox.flush(ostore, reporters) if post else outbox.FlushReport(pending=[i.key for i in items])
 
 
 def deliver_answered_commands(store: Store, cfg: Config, reporters: Mapping[str, Reporter]) -> int:
@@ -126,10 +136,15 @@ def deliver_answered_commands(store: Store, cfg: Config, reporters: Mapping[str,
         targets = [t for t in reply_targets(row["params"]) if outbox.platform_of(t) in reporters]
         if row["status"] != "done" or not targets:
             continue
-        if all(store.get_comment(f"reply:{t}:{row['id']}") is not None
-               or store.get_comment(f"{t}:{row['id']}") is not None for t in targets):
+        items = campaign_items(cfg, row, reporters)
+        planned = {i.target: i.key for i in items}
+        # Answered: each asking thread's reply (or its tracking-issue post) is queued,
+        # under today's key or the campaign-keyed one of earlier versions.
+        if all(any(store.get_comment(k) is not None
+                   for k in (f"reply:{t}:{row['id']}", f"{t}:{row['id']}", planned.get(t)) if k)
+               for t in targets):
             continue
-        deliver_campaign(store, cfg, row["id"], reporters, post=False)
+        outbox.queue_items(store, items)
         n += 1
     return n
 
@@ -183,11 +198,18 @@ class PassReport:
     refusals: list[dict] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     results: list[dict] = field(default_factory=list)
-    flush: Optional[dict] = None
+    flush: Optional[dict] = None  # every delivery of the pass (all its flushes together)
+    delivery_errors: dict[str, str] = field(default_factory=dict)  # platform -> a post's last error
+
+    @property
+    def failed(self) -> bool:
+        """Polling or posting failed on some platform (`flakebot poll` exits 1)."""
+        return bool(self.errors or self.delivery_errors)
 
     def as_json(self) -> dict:
         return {"polled": self.polled, "commands": self.commands, "refusals": self.refusals,
-                "errors": self.errors, "results": self.results, "flush": self.flush}
+                "errors": self.errors, "delivery_errors": self.delivery_errors,
+                "results": self.results, "flush": self.flush}
 
 
 def start_command(store: Store, cfg: Config, history, cmd: cmds.Command) -> tuple[Optional[int], bool, str]:
@@ -263,6 +285,14 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
     are queued (default ``store``; the dry run passes a throwaway one)."""
     rep = PassReport()
     cstore = comment_store if comment_store is not None else store
+    flushed = outbox.FlushReport()
+
+    def flush() -> None:
+        nonlocal flushed
+        flushed = flushed.merge(outbox.flush(cstore, reporters))
+        rep.flush = _flush_json(flushed)
+        rep.delivery_errors = dict(flushed.failed_platforms)
+
     policy = policy_for(cfg, history, clients.get("gerrit"))
     started_verify: list[int] = []
     for platform in PLATFORMS:
@@ -275,7 +305,8 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
         cursor = store.get_meta(meta)
         poll = cmds.poll_gerrit if platform == "gerrit" else cmds.poll_github
         try:
-            found, new_cursor = poll(client, cursor, policy)
+            kw = {"max_age_days": cfg.commands.max_age_days} if platform == "gerrit" else {}
+            found, new_cursor = poll(client, cursor, policy, **kw)
         except Exception as e:  # network, auth: this platform waits for the next pass
             rep.errors[platform] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.warning("poll %s: %s", platform, rep.errors[platform])
@@ -287,7 +318,10 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
                 rep.refusals.append({"key": item.key, "reason": item.reason})
                 continue
             try:
-                cid, new, why = start_command(store, cfg, history, item)
+                # One transaction: a second poller reading the same command waits,
+                # then finds the campaign by the command's key (one campaign, ever).
+                with store.write():
+                    cid, new, why = start_command(store, cfg, history, item)
             except Exception as e:  # one bad command must not block the ones after it
                 log.warning("command %s: %s: %s", item.key, type(e).__name__, e)
                 cid, new, why = None, False, "this command could not be started"
@@ -308,7 +342,7 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
         if save_cursors or cursor is None:
             store.set_meta(meta, new_cursor)
     if reporters:
-        rep.flush = _flush_json(outbox.flush(cstore, reporters))
+        flush()
     if executor is not None:
         # This pass's verify commands, and any an earlier pass left unfinished (killed).
         for row in store.open_campaigns():
@@ -331,7 +365,7 @@ def poll_pass(cfg: Config, store: Store, history, *, clients: Mapping[str, objec
     if reporters:
         if comment_store is None:
             deliver_answered_commands(store, cfg, reporters)
-        rep.flush = _flush_json(outbox.flush(cstore, reporters))
+        flush()
     return rep
 
 
@@ -340,7 +374,8 @@ def _refuse(store, target: str, key: str, reason: str) -> None:
 
 
 def _flush_json(f: outbox.FlushReport) -> dict:
-    return {"posted": f.posted, "found": f.found, "failed": f.failed, "pending": f.pending}
+    return {"posted": f.posted, "found": f.found, "failed": f.failed, "pending": f.pending,
+            "busy": f.busy}
 
 
 class MemoryComments:

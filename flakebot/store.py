@@ -43,7 +43,7 @@ import sqlite_utils
 
 from flakebot import model
 
-SCHEMA_VERSION = 3  # == len(MIGRATIONS)
+SCHEMA_VERSION = 4  # == len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000
 
 BUILD_STATUSES = ("submitted", "queued", "running", "done", "lost", "ingested")
@@ -255,7 +255,20 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('instance_id', ?)", [secrets.token_hex(6)])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3]
+
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    """Delivery claims: a process claims a queued comment before posting it
+    (``claimed_by`` = host:pid:nonce, ``claim_until`` = when it lapses), so two
+    processes on one database never post the same row at once."""
+    cols = {c.name for c in db["comments"].columns}
+    if "claimed_by" not in cols:
+        db.execute("ALTER TABLE comments ADD COLUMN claimed_by TEXT")
+    if "claim_until" not in cols:
+        db.execute("ALTER TABLE comments ADD COLUMN claim_until TEXT")
+    db["comments"].create_index(["status", "id"], if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -265,8 +278,8 @@ class Store:
 
         >>> import tempfile, os
         >>> s = Store(os.path.join(tempfile.mkdtemp(), "sub", "f.db"))
-        >>> s.schema_version()
-        3
+        >>> s.schema_version() == SCHEMA_VERSION
+        True
         >>> s.db.execute("PRAGMA journal_mode").fetchone()[0]
         'wal'
         >>> s.close()
@@ -913,18 +926,24 @@ class Store:
         error: Optional[str] = None,
     ) -> None:
         """Record a delivery attempt: 'posted' (stamps posted_at), 'failed'
-        (keeps ``error``), or back to 'queued'. Posted and failed count an attempt."""
+        (keeps ``error``), or back to 'queued'. Posted and failed count an
+        attempt. Releases any claim; a posted comment stays posted (a late
+        'queued' or 'failed' from a process whose claim lapsed changes nothing)."""
         if status not in COMMENT_STATUSES:
             raise StoreError(f"unknown comment status {status!r}")
         with self.write() as db:
-            if db.execute("SELECT 1 FROM comments WHERE key = ?", [key]).fetchone() is None:
+            row = db.execute("SELECT status FROM comments WHERE key = ?", [key]).fetchone()
+            if row is None:
                 raise StoreError(f"no comment {key!r}")
+            if row[0] == "posted" and status != "posted":
+                return
             db.execute(
                 "UPDATE comments SET status = ?,"
                 " attempts = attempts + ?,"
                 " external_id = COALESCE(?, external_id),"
                 " last_error = CASE WHEN ? IS NULL THEN last_error ELSE ? END,"
-                " posted_at = CASE WHEN ? = 'posted' THEN ? ELSE posted_at END"
+                " posted_at = CASE WHEN ? = 'posted' THEN COALESCE(posted_at, ?) ELSE posted_at END,"
+                " claimed_by = NULL, claim_until = NULL"
                 " WHERE key = ?",
                 [
                     status,
@@ -937,6 +956,41 @@ class Store:
                     key,
                 ],
             )
+
+    def claim_comment(self, key: str, owner: str, seconds: float,
+                      stale: Callable[[str], bool] = lambda holder: False) -> bool:
+        """Claim a queued comment for ``seconds`` before posting it (in one
+        ``BEGIN IMMEDIATE`` transaction, so exactly one process wins). False
+        when it is no longer queued, or another live holder's claim has not
+        lapsed; ``stale(holder)`` says a holder is gone (e.g. a dead pid on
+        this host) so its claim can be taken over at once.
+
+            >>> import tempfile, os
+            >>> s = Store(os.path.join(tempfile.mkdtemp(), "f.db"))
+            >>> s.queue_comment("k", "github-issue:1", "hi")
+            True
+            >>> s.claim_comment("k", "a", 60), s.claim_comment("k", "b", 60)
+            (True, False)
+            >>> s.mark_comment("k", "posted", external_id="1"); s.claim_comment("k", "b", 60)
+            False
+            >>> s.close()
+        """
+        from datetime import timedelta
+
+        now_dt = self.clock() if self.clock else datetime.now(timezone.utc)
+        now = utcnow(lambda: now_dt)
+        until = utcnow(lambda: now_dt + timedelta(seconds=seconds))
+        with self.write() as db:
+            row = db.execute("SELECT status, claimed_by, claim_until FROM comments WHERE key = ?",
+                             [key]).fetchone()
+            if row is None or row[0] != "queued":
+                return False
+            holder, holder_until = row[1], row[2]
+            if holder and holder != owner and holder_until and holder_until > now and not stale(holder):
+                return False
+            db.execute("UPDATE comments SET claimed_by = ?, claim_until = ? WHERE key = ?",
+                       [owner, until, key])
+            return True
 
     def queued_comments(self, include_failed: bool = False) -> list[dict]:
         """Comments still to post, oldest first (and failed ones if asked)."""

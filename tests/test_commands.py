@@ -376,3 +376,29 @@ def test_group_checker_dispatches_by_platform(gerrit):
     assert check(Author("github", "1", "m", association="MEMBER"), "association:MEMBER")
     assert not check(Author("github", "1", "m", association="NONE"), "association:NONE")
     assert not cmds.group_checker(None)(Author("gerrit", "1", "carol"), "spdk-core")
+
+
+def test_poll_gerrit_sees_commands_on_merged_changes_once_and_asks_by_age():
+    """Culprits are merged: a command on a merged (or abandoned) change is read,
+    once; the query bounds changes by age (-age:Nd), not by status."""
+    from datetime import timedelta
+
+    wall = [datetime(2031, 5, 1, tzinfo=timezone.utc)]
+    with FakeGerrit({"flakebot": "pw"}, clock=lambda: wall[0]) as gerrit:
+        cursor = json.dumps({"ts": gerrit.now(), "ids": []})
+        merged = gerrit.add_change(PATCH, parent=PARENT, status="MERGED")
+        gone = gerrit.add_change("e" * 40, parent=PARENT, status="ABANDONED")
+        gerrit.add_message(merged, "alice", "/flakebot verify 7")
+        gerrit.add_message(gone, "alice", "/flakebot verify 8")
+        client = gclient(gerrit)
+        got, cur = cmds.poll_gerrit(client, cursor, POLICY, max_age_days=3)
+        assert sorted(c.iterations for c in got) == [7, 8]
+        q = [p for m, p in gerrit.requests if p.startswith("/a/changes/?")][-1]
+        assert "-age%3A3d" in q and "status" not in q
+        again, cur2 = cmds.poll_gerrit(client, cur, POLICY, max_age_days=3)
+        assert again == [] and cur2 == cur
+        # days later: only the new command is read (the old ones never again)
+        wall[0] += timedelta(days=4)
+        gerrit.add_message(merged, "alice", "/flakebot verify 9")
+        got, _ = cmds.poll_gerrit(client, cur2, POLICY, max_age_days=3)
+        assert [c.iterations for c in got] == [9]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -202,7 +203,7 @@ def test_done_when_campaign_result_lands_exactly_once(g, gh, tmp_path):
     # 2nd process: same call again after restart
     store = Store(tmp_path / "fb.db")
     rep = outbox.deliver_result(store, result, reps, tracking_issues=tracking)
-    assert rep.done and rep.found == ["github-issue:3322:7"]
+    assert rep.done and rep.found == [f"github-issue:3322:{result['culprit']}:{result['test']}"]
     # and a 3rd time, for good measure
     outbox.deliver_result(store, result, reps, tracking_issues=tracking)
 
@@ -318,3 +319,43 @@ def test_done_when_with_a_real_simulated_campaign(g, gh, tmp_path, monkeypatch):
     assert len(gh.comments_on(4242)) == 1 and len(gh.comments_on(3322)) == 1
     assert 20 in clock.sleeps
     store.close()
+
+
+class MovableClock:
+    def __init__(self, t: datetime):
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+def _numbers(g, q):
+    r = requests.get(g.url + "/a/changes/", params={"q": q}, auth=AUTH, timeout=5)
+    assert r.status_code == 200, r.text
+    return sorted(c["_number"] for c in json.loads(r.text[5:]))
+
+
+def test_gerrit_age_and_negated_age_like_gerrit():
+    """age:2d = last updated at least two days ago; -age:2d = within the last two days;
+    any operator negates with '-'; the age needs one of Gerrit's units."""
+    wall = MovableClock(datetime(2031, 3, 1, tzinfo=timezone.utc))
+    with FakeGerrit({"flakebot": "pw"}, clock=wall) as g:
+        old = g.add_change("a" * 40, status="MERGED")
+        wall.t += timedelta(days=10)
+        mid = g.add_change("b" * 40, status="ABANDONED")
+        wall.t += timedelta(days=19)
+        new = g.add_change("c" * 40)
+        wall.t += timedelta(hours=1)
+        assert _numbers(g, "-age:14d") == [new]
+        assert _numbers(g, "-age:10d") == [new]
+        assert _numbers(g, "-age:2weeks") == [new]
+        assert _numbers(g, "-age:3w") == [mid, new]
+        assert _numbers(g, "-age:1mon") == [old, mid, new]  # a month is 30 days
+        assert _numbers(g, "age:14d") == [old, mid]
+        assert _numbers(g, "age:30min") == [old, mid, new]
+        assert _numbers(g, "-age:30min") == []
+        assert _numbers(g, "-status:open") == [old, mid]
+        assert _numbers(g, "-age:1y -status:merged") == [mid, new]
+        for bad in ("-age:14", "age:14x", "age:d", "age:", "-age:-3d", "status:nonsense"):
+            r = requests.get(g.url + "/a/changes/", params={"q": bad}, auth=AUTH, timeout=5)
+            assert r.status_code == 400, bad

@@ -19,6 +19,8 @@ from tests.test_render import CULPRIT, bisect_result, verify_result
 
 TOKEN = "tok"
 TRACKING = {"vfio_user_nvme_restart_vm": 3322}
+TEST = "vfio_user_nvme_restart_vm"
+ISSUE_KEY = f"github-issue:3322:{CULPRIT}:{TEST}"  # a culprit: keyed by (culprit, test)
 
 
 class Killed(BaseException):
@@ -38,6 +40,9 @@ class KillAfterPost:
 
     def queued_comments(self):
         return self.store.queued_comments()
+
+    def claim_comment(self, *a, **kw):
+        return self.store.claim_comment(*a, **kw)
 
     def mark_comment(self, key, status, external_id=None, error=None):
         if status == "posted" and key == self.key:
@@ -74,8 +79,8 @@ def counts(env):
 
 def test_plan_is_pure_and_keyed():
     items = outbox.plan_result(bisect_result(), tracking_issue=3322)
-    assert [i.key for i in items] == [f"gerrit-commit:{CULPRIT}:7", f"github-culprit:{CULPRIT}:7",
-                                      "github-issue:3322:7"]
+    assert [i.key for i in items] == [f"gerrit-commit:{CULPRIT}:{TEST}", f"github-culprit:{CULPRIT}:{TEST}",
+                                      ISSUE_KEY]
     assert github_marker(items[1].key) in items[1].body and "**Culprit:**" in items[1].body
     assert gerrit_marker(items[0].key) in items[0].body and "**" not in items[0].body
 
@@ -104,13 +109,13 @@ def test_deliver_once(env):
     # again (retry, restart, duplicate call): nothing new
     rep = outbox.deliver_result(env.store, bisect_result(), env.reps, tracking_issues=TRACKING)
     assert rep.posted == [] and counts(env) == (1, 1, 1)
-    rows = [env.store.get_comment(k) for k in (f"gerrit-commit:{CULPRIT}:7",
-                                               f"github-culprit:{CULPRIT}:7", "github-issue:3322:7")]
+    rows = [env.store.get_comment(k) for k in (f"gerrit-commit:{CULPRIT}:{TEST}",
+                                               f"github-culprit:{CULPRIT}:{TEST}", ISSUE_KEY)]
     assert all(r["status"] == "posted" and r["external_id"] for r in rows)
 
 
-@pytest.mark.parametrize("killed_key", [f"gerrit-commit:{CULPRIT}:7",
-                                        f"github-culprit:{CULPRIT}:7", "github-issue:3322:7"])
+@pytest.mark.parametrize("killed_key", [f"gerrit-commit:{CULPRIT}:{TEST}",
+                                        f"github-culprit:{CULPRIT}:{TEST}", ISSUE_KEY])
 def test_killed_between_post_and_record_does_not_post_again(env, killed_key):
     with pytest.raises(Killed):
         outbox.deliver_result(KillAfterPost(env.store, killed_key), bisect_result(), env.reps,
@@ -129,9 +134,9 @@ def test_killed_between_post_and_record_does_not_post_again(env, killed_key):
 def test_failed_post_stays_queued_and_is_retried(env):
     env.gh.fail_next(500, count=100, method="POST")  # GitHub writes down (before applying)
     rep = outbox.deliver_result(env.store, bisect_result(), env.reps, tracking_issues=TRACKING)
-    assert rep.posted == [f"gerrit-commit:{CULPRIT}:7"]
-    assert sorted(rep.pending) == sorted([f"github-culprit:{CULPRIT}:7", "github-issue:3322:7"])
-    row = env.store.get_comment("github-issue:3322:7")
+    assert rep.posted == [f"gerrit-commit:{CULPRIT}:{TEST}"]
+    assert sorted(rep.pending) == sorted([f"github-culprit:{CULPRIT}:{TEST}", ISSUE_KEY])
+    row = env.store.get_comment(ISSUE_KEY)
     assert row["status"] == "queued" and "500" in row["last_error"]
     env.gh._faults.clear()
     rep = outbox.flush(env.store, env.reps)
@@ -142,7 +147,7 @@ def test_outage_then_recovery_across_many_passes(env):
     env.g.fail_next(503, count=1000)
     for _ in range(3):
         outbox.deliver_result(env.store, bisect_result(), env.reps, tracking_issues=TRACKING)
-    assert env.store.get_comment(f"gerrit-commit:{CULPRIT}:7")["status"] == "queued"
+    assert env.store.get_comment(f"gerrit-commit:{CULPRIT}:{TEST}")["status"] == "queued"
     env.g._faults.clear()
     outbox.flush(env.store, env.reps)
     assert counts(env) == (1, 1, 1)
@@ -180,8 +185,8 @@ def test_permanent_failure_is_marked_failed_not_retried(env):
     env.gh.add_commit(other)
     r = bisect_result(culprit=other, culprit_info=None)
     rep = outbox.deliver_result(env.store, r, env.reps)
-    assert rep.failed == [f"gerrit-commit:{other}:7"]  # no Gerrit change for it
-    assert env.store.get_comment(f"gerrit-commit:{other}:7")["status"] == "failed"
+    assert rep.failed == [f"gerrit-commit:{other}:{TEST}"]  # no Gerrit change for it
+    assert env.store.get_comment(f"gerrit-commit:{other}:{TEST}")["status"] == "failed"
     assert len(env.gh.comments_on_commit(other)) == 1  # no PR: commit comment
     before = len(env.g.requests)
     outbox.flush(env.store, env.reps)
@@ -191,8 +196,8 @@ def test_permanent_failure_is_marked_failed_not_retried(env):
 def test_bad_credentials_keep_items_queued(env, tmp_path):
     bad = GerritReporter(GerritClient(env.g.url, "flakebot", "wrong", sleep=env.clock.sleep))
     rep = outbox.deliver_result(env.store, bisect_result(), {"gerrit": bad})
-    assert rep.pending == [f"gerrit-commit:{CULPRIT}:7"]
-    assert "wrong" not in env.store.get_comment(f"gerrit-commit:{CULPRIT}:7")["last_error"]
+    assert rep.pending == [f"gerrit-commit:{CULPRIT}:{TEST}"]
+    assert "wrong" not in env.store.get_comment(f"gerrit-commit:{CULPRIT}:{TEST}")["last_error"]
     outbox.flush(env.store, env.reps)
     assert counts(env)[0] == 1
 
@@ -200,7 +205,7 @@ def test_bad_credentials_keep_items_queued(env, tmp_path):
 def test_items_for_unconfigured_platforms_wait(env):
     outbox.deliver_result(env.store, bisect_result(), env.reps, tracking_issues=TRACKING, post=False)
     rep = outbox.flush(env.store, {"gerrit": env.reps["gerrit"]})
-    assert rep.posted == [f"gerrit-commit:{CULPRIT}:7"] and len(rep.pending) == 2
+    assert rep.posted == [f"gerrit-commit:{CULPRIT}:{TEST}"] and len(rep.pending) == 2
 
 
 def test_queue_reply_refusal(env):
@@ -275,6 +280,6 @@ def test_unexpected_reporter_exception_keeps_item_queued_and_pass_goes_on(tmp_pa
     rep = outbox.deliver_result(store, bisect_result(), {"gerrit": Broken(),
                                                          "github": DryRunReporter("github", stream=buf)},
                                 tracking_issues=TRACKING)
-    assert rep.pending == [f"gerrit-commit:{CULPRIT}:7"] and len(rep.posted) == 2
-    assert store.get_comment(f"gerrit-commit:{CULPRIT}:7")["last_error"] == "unexpected ValueError"
+    assert rep.pending == [f"gerrit-commit:{CULPRIT}:{TEST}"] and len(rep.posted) == 2
+    assert store.get_comment(f"gerrit-commit:{CULPRIT}:{TEST}")["last_error"] == "unexpected ValueError"
     store.close()

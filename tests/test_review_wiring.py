@@ -132,7 +132,8 @@ def test_service_delivers_a_bisection_once_also_across_a_kill(demo, g, gh, tmp_p
     with Store(cfg.store.db) as store:
         row = store.get_campaign(cid)
         assert row["status"] == "done" and row["culprit"] == culprit  # stored before any post
-        assert store.get_comment(f"github-issue:{ISSUE}:{cid}")["status"] == "queued"
+        # a culprit's deliveries are keyed by (culprit, test), not by campaign
+        assert store.get_comment(f"github-issue:{ISSUE}:{culprit}:{TEST}")["status"] == "queued"
 
     # restart: the driver's first flush finds the post and records it; nothing is posted again
     svc = service(cfg, g, gh, clock)

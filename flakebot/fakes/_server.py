@@ -3,6 +3,7 @@ quiet HTTP/1.1 request handler, and HTTP basic auth decoding."""
 from __future__ import annotations
 
 import base64
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,11 +33,20 @@ class FakeHandler(BaseHTTPRequestHandler):
         return user, password
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed mid-request) is no error of the
+        server's: no traceback, as a real service logs none."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def serve(fake: Any, handler: type[FakeHandler], port: int,
           name: Optional[str] = None) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve ``handler`` (a subclass whose ``fake`` is ``fake``) on 127.0.0.1:``port``
     (0: any free port) in a started daemon thread."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), type("Handler", (handler,), {"fake": fake}))
+    httpd = _Server(("127.0.0.1", port), type("Handler", (handler,), {"fake": fake}))
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                               name=name, daemon=True)
@@ -55,6 +65,9 @@ class FakeServer:
 
     handler: type[FakeHandler]
     port: int
+    # A slow server: seconds a write (POST) takes after it is applied and before
+    # it is answered (the window in which a killed client has posted but not recorded).
+    write_latency: float = 0.0
     _server: Optional[ThreadingHTTPServer] = None
     _thread: Optional[threading.Thread] = None
 

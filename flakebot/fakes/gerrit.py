@@ -8,7 +8,9 @@
   write (the "posted but the answer was lost" case).
 
 Endpoints: ``GET /a/changes/?q=&o=&n=&S=`` (operators ``commit:``, ``since:``/
-``after:``, ``status:open|merged|abandoned``, ``change:``), ``GET /a/changes/{id}``,
+``after:``, ``age:`` with Gerrit's units, ``status:open|merged|abandoned``,
+``change:``, ``project:``; any of them negated with a leading ``-``; an
+unknown operator or a malformed value is a 400 "bad query", as in Gerrit), ``GET /a/changes/{id}``,
 ``GET /a/changes/{id}/messages``, ``GET /a/changes/{id}/revisions/{rev}/commit``,
 ``POST /a/changes/{id}/revisions/{rev}/review``, ``GET /a/accounts/{id}/groups``.
 
@@ -25,6 +27,7 @@ import json
 import re
 import shlex
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -36,6 +39,24 @@ XSSI = ")]}'\n"
 
 def _ts(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S.") + f"{dt.microsecond:06d}000"
+
+
+# Gerrit's age units (Documentation/user-search.txt): a unit is required.
+_AGE_UNITS = {**dict.fromkeys(("s", "sec", "second", "seconds"), 1),
+              **dict.fromkeys(("m", "min", "minute", "minutes"), 60),
+              **dict.fromkeys(("h", "hr", "hour", "hours"), 3600),
+              **dict.fromkeys(("d", "day", "days"), 86400),
+              **dict.fromkeys(("w", "week", "weeks"), 7 * 86400),
+              **dict.fromkeys(("mon", "month", "months"), 30 * 86400),
+              **dict.fromkeys(("y", "year", "years"), 365 * 86400)}
+
+
+def _parse_age(v: str) -> Optional[timedelta]:
+    """``2d``, ``36h``, ``1week`` -> a timedelta; None when malformed or unitless."""
+    m = re.fullmatch(r"(\d+)([a-z]+)", v.strip().lower())
+    if not m or m.group(2) not in _AGE_UNITS:
+        return None
+    return timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2)])
 
 
 def _parse_since(v: str) -> Optional[str]:
@@ -195,35 +216,42 @@ class FakeGerrit(FakeServer):
         except ValueError:
             raise _Bad("bad query")
         for t in terms:
-            op, _, val = t.partition(":")
-            if not _:
-                raise _Bad(f"unsupported query term {t}")
-            if op == "commit":
-                if not any(s.startswith(val.lower()) for s in ch["revisions"]) or len(val) < 4:
-                    return False
-            elif op in ("since", "after"):
-                since = _parse_since(val)
-                if since is None:
-                    raise _Bad(f"bad date {val}")
-                if ch["updated"] < since:
-                    return False
-            elif op in ("status", "is"):
-                want = {"open": "NEW", "new": "NEW", "merged": "MERGED",
-                        "abandoned": "ABANDONED", "closed": None}.get(val)
-                if val == "closed":
-                    if ch["status"] == "NEW":
-                        return False
-                elif want is None or ch["status"] != want:
-                    return False
-            elif op == "change":
-                if val not in (str(ch["_number"]), ch["change_id"]):
-                    return False
-            elif op == "project":
-                if val != ch["project"]:
-                    return False
-            else:
-                raise _Bad(f"unsupported operator {op}")
+            negate = t.startswith("-")
+            if self._term(ch, t[1:] if negate else t) == negate:
+                return False
         return True
+
+    def _term(self, ch: dict, t: str) -> bool:
+        """Whether change ``ch`` matches one (non-negated) query term."""
+        op, colon, val = t.partition(":")
+        if not colon or not val:
+            raise _Bad(f"unsupported query term {t}")
+        if op == "commit":
+            return len(val) >= 4 and any(s.startswith(val.lower()) for s in ch["revisions"])
+        if op in ("since", "after"):
+            since = _parse_since(val)
+            if since is None:
+                raise _Bad(f"bad date {val}")
+            return ch["updated"] >= since
+        if op == "age":
+            # age:2d = last updated at least 2 days ago; -age:2d = within the last 2 days
+            age = _parse_age(val)
+            if age is None:
+                raise _Bad(f"bad age {val} (a number and a unit: s, m, h, d, w, mon, y)")
+            now = max(self.wall().astimezone(timezone.utc), self._clock)
+            return ch["updated"] <= _ts(now - age)
+        if op in ("status", "is"):
+            want = {"open": "NEW", "new": "NEW", "merged": "MERGED", "abandoned": "ABANDONED"}
+            if val == "closed":
+                return ch["status"] != "NEW"
+            if val not in want:
+                raise _Bad(f"unsupported {op}:{val}")
+            return ch["status"] == want[val]
+        if op == "change":
+            return val in (str(ch["_number"]), ch["change_id"])
+        if op == "project":
+            return val == ch["project"]
+        raise _Bad(f"unsupported operator {op}")
 
     def _info(self, ch: dict, options: list[str]) -> dict:
         out = {k: v for k, v in ch.items()
@@ -301,6 +329,8 @@ class _Handler(FakeHandler):
             status, obj, text = self._route(method, path[2:], parse_qs(parts.query), raw, user)
         except _Bad as e:
             status, obj, text = 400, None, str(e)
+        if method == "POST" and fake.write_latency:
+            time.sleep(fake.write_latency)
         if fault:
             return self._send(fault["status"], text=fault["body"])
         self._send(status, obj, text)

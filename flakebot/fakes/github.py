@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -221,6 +222,8 @@ class _Handler(FakeHandler):
             status, obj, extra = self._route(method, parts.path, parse_qs(parts.query), raw)
         except Exception as e:  # pragma: no cover - a fake bug should be visible
             status, obj, extra = 500, {"message": f"fake error {type(e).__name__}: {e}"}, None
+        if method == "POST" and fake.write_latency:
+            time.sleep(fake.write_latency)
         if fault:
             return self._send(fault["status"], {"message": "Server Error"})
         self._send(status, obj, extra)

@@ -1,10 +1,22 @@
 """Never twice, never lost: keyed, stored deliveries.
 
-Every delivery has a key (``gerrit-commit:{sha}:{campaign_id}``,
-``github-culprit:{sha}:{campaign_id}``, ``github-issue:{n}:{campaign_id}``,
+Every delivery has a key. A culprit is announced once per (culprit, test),
+however many campaigns reach it: ``gerrit-commit:{sha}:{test}``,
+``github-culprit:{sha}:{test}``, ``github-issue:{n}:{sha}:{test}``; other
+verdicts and answers are keyed by campaign (``github-issue:{n}:{campaign_id}``,
 ``reply:{target}:{campaign_id}``...). It is queued in the store's comments
 table, with its final body, BEFORE anything is posted; it is marked posted
-after. The body carries a marker (GitHub: ``<!-- flakebot:KEY -->``; Gerrit: a
+after.
+
+Several processes may flush one database at once (``flakebot poll`` next to
+``flakebot serve``, two polls): each row is claimed in the store (one
+``BEGIN IMMEDIATE`` transaction, ``Store.claim_comment``) before it is looked
+up and posted, and the claim is released when the outcome is recorded. A
+claim lapses after ``CLAIM_SECONDS`` (longer than the longest rate-limit wait),
+or at once when its holder was a process on this host that is gone (kill -9),
+so a row is never lost to a dead poster.
+
+The body carries a marker (GitHub: ``<!-- flakebot:KEY -->``; Gerrit: a
 ``[flakebot:KEY]`` line plus the review tag), so a pass that finds an item
 still queued first looks at the target for that marker: if an earlier attempt
 reached the server (the bot was killed between posting and recording), the
@@ -24,8 +36,11 @@ network and a result is never lost to an outage:
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Protocol, Union
 
@@ -43,6 +58,39 @@ log = logging.getLogger(__name__)
 
 _FLUSH_LOCK = threading.Lock()  # one pass, hence one write, at a time per process
 _SHA = re.compile(r"[0-9a-f]{7,40}")
+_TEST = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+# A claim outlives the longest wait inside one post (GitHub rate limits: up to
+# an hour, then retries), so a live poster never loses its claim mid-post.
+CLAIM_SECONDS = 2 * 3600.0
+HOST = socket.gethostname()
+_CLAIMANT: Optional[tuple[str, int]] = None  # (name, pid): a forked child gets its own
+
+
+def claimant() -> str:
+    """This process's claim name: host:pid:nonce (the nonce tells a reused pid apart)."""
+    global _CLAIMANT
+    if _CLAIMANT is None or _CLAIMANT[1] != os.getpid():
+        _CLAIMANT = (f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}", os.getpid())
+    return _CLAIMANT[0]
+
+
+def holder_is_gone(holder: str) -> bool:
+    """A claim held by a process on this host that no longer runs (or by an
+    earlier process with our pid) is stale; another host's claim only lapses."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != HOST or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return holder != claimant()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class CommentStore(Protocol):
@@ -55,6 +103,8 @@ class CommentStore(Protocol):
 
     def queued_comments(self) -> list[dict]: ...
 
+    def claim_comment(self, key: str, owner: str, seconds: float, stale=None) -> bool: ...
+
 
 @dataclass
 class FlushReport:
@@ -62,11 +112,29 @@ class FlushReport:
     found: list[str] = field(default_factory=list)  # an earlier attempt had posted it
     failed: list[str] = field(default_factory=list)  # permanent failure, marked 'failed'
     pending: list[str] = field(default_factory=list)  # still queued (transient error / no reporter)
+    busy: list[str] = field(default_factory=list)  # claimed by another process (it posts them)
     errors: dict[str, str] = field(default_factory=dict)
+    failed_platforms: dict[str, str] = field(default_factory=dict)  # platform -> its last error
 
     @property
     def done(self) -> bool:
         return not self.pending
+
+    def merge(self, other: "FlushReport") -> "FlushReport":
+        """This report plus a later pass's (a key counts once, at its latest state)."""
+        out = FlushReport()
+        latest: dict[str, str] = {}
+        for rep in (self, other):
+            for name in ("posted", "found", "failed", "pending", "busy"):
+                for k in getattr(rep, name):
+                    if latest.get(k) in ("posted", "found", "failed") and name in ("pending", "busy"):
+                        continue  # a later pass does not undo a delivery
+                    latest[k] = name
+        for k, name in latest.items():
+            getattr(out, name).append(k)
+        out.errors = {**self.errors, **other.errors}
+        out.failed_platforms = {**self.failed_platforms, **other.failed_platforms}
+        return out
 
 
 def with_marker(platform: str, body: str, key: str) -> str:
@@ -90,6 +158,7 @@ def plan_result(
     - bisect with a culprit: the culprit's Gerrit change; on GitHub its PR
       (else the commit);
     - the tracking issue for the test, if given (every bisect verdict);
+    - a culprit's deliveries are keyed by (culprit, test), the others by campaign;
     - ``reply_to`` (a target such as ``gerrit:CHANGE:REV`` or ``github-issue:N``):
       the thread a command came from (verify, or a bisect asked for in review).
     """
@@ -99,20 +168,32 @@ def plan_result(
     rendered = rendered or _render.render(result)
     targets: list[str] = []
     culprit = str(result.get("culprit") or "").lower()
-    if result.get("kind") == "bisect" and result.get("verdict") == "culprit" \
-            and _SHA.fullmatch(culprit):
+    test = str(result.get("test") or "")
+    culprit_found = result.get("kind") == "bisect" and result.get("verdict") == "culprit" \
+        and _SHA.fullmatch(culprit)
+    if culprit_found:
         targets += [f"gerrit-commit:{culprit}", f"github-culprit:{culprit}"]
     if tracking_issue is not None and result.get("kind") == "bisect":
         targets.append(f"github-issue:{int(tracking_issue)}")
     if reply_to:
         targets.append(reply_to)
+    # A culprit is announced once per (culprit, test): later campaigns that reach
+    # it queue the same keys, which the store already holds.
+    once = f"{culprit}:{test}" if culprit_found and _TEST.fullmatch(test) else None
     items: list[Item] = []
     seen: set[str] = set()
     for t in targets:
         p = platform_of(t)
         if p not in platforms:
             continue
-        key = f"{'reply:' if t == reply_to else ''}{t}:{cid}"
+        if t == reply_to:
+            key = f"reply:{t}:{cid}"
+        elif once and t.startswith("github-issue:"):
+            key = f"{t}:{once}"
+        elif once:
+            key = f"{t}:{test}"  # the target names the culprit already
+        else:
+            key = f"{t}:{cid}"
         if key in seen:
             continue
         seen.add(key)
@@ -133,15 +214,24 @@ def queue_reply(store: CommentStore, target: str, key: str, rendered: _render.Re
     return store.queue_comment(key, target, with_marker(p, body, key))
 
 
-def flush(store: CommentStore, reporters: Mapping[str, Reporter]) -> FlushReport:
-    """One delivery pass over everything queued, oldest first, one at a time."""
+def flush(store: CommentStore, reporters: Mapping[str, Reporter], *,
+          claim_seconds: float = CLAIM_SECONDS) -> FlushReport:
+    """One delivery pass over everything queued, oldest first, one at a time.
+    Each row is claimed first (module docstring); rows another live process
+    holds are left to it (``busy``)."""
     rep = FlushReport()
+    me = claimant()
+    claim = getattr(store, "claim_comment", None)  # the dry run's throwaway outbox has no rivals
     with _FLUSH_LOCK:
         for row in store.queued_comments():
             item = Item.from_row(row)
-            reporter = reporters.get(platform_of(item.target))
+            platform = platform_of(item.target)
+            reporter = reporters.get(platform)
             if reporter is None:
                 rep.pending.append(item.key)
+                continue
+            if claim is not None and not claim(item.key, me, claim_seconds, stale=holder_is_gone):
+                rep.busy.append(item.key)
                 continue
             try:
                 ext = reporter.find_posted(item)
@@ -160,6 +250,7 @@ def flush(store: CommentStore, reporters: Mapping[str, Reporter]) -> FlushReport
                 else:
                     store.mark_comment(item.key, "queued", error=str(e))
                     rep.pending.append(item.key)
+                    rep.failed_platforms[platform] = str(e)
                     log.info("outbox: %s stays queued: %s", item.key, e)
                 continue
             except Exception as e:  # an unexpected answer must not stop the pass
@@ -167,6 +258,7 @@ def flush(store: CommentStore, reporters: Mapping[str, Reporter]) -> FlushReport
                 rep.errors[item.key] = msg
                 store.mark_comment(item.key, "queued", error=msg)
                 rep.pending.append(item.key)
+                rep.failed_platforms[platform] = msg
                 log.warning("outbox: %s stays queued: %s", item.key, msg)
                 continue
             store.mark_comment(item.key, "posted", external_id=ext)
