@@ -46,8 +46,11 @@ culprit per host-minute (planner.py), in-flight runs counted as pending.
 
 Build cost: `built` is the set of commits whose build is available to every
 host (a shared artifact). A commit with a request in flight is treated as
-built for further requests. If builds are per host, pass the built set of the
-host being filled (or build_minutes=0 and add the cost in the loop).
+built for further requests. Hosts that build for themselves (the host script
+builds in its own SPDK_DIR and keeps the last build): pass `hosts`, the
+commits each free host has built (planner.host_build_sets); a request then
+costs a build unless its host has the commit, and `Step.hosts` says which
+free host each request is for (planner.plan_hosts).
 
 Untestable commits (keyword `untestable`: indices no host can test, skip.py)
 are never probed; those without runs carry no evidence, so a run of them and the first
@@ -76,7 +79,7 @@ from typing import Collection, Optional, Sequence
 import numpy as np
 
 from flakebot.analysis.classes import DEFAULT_BINS, Bins, to_groups
-from flakebot.analysis.planner import plan
+from flakebot.analysis.planner import plan, plan_hosts
 from flakebot.analysis.posterior import Posterior, Prior, default_prior, posterior
 from flakebot.analysis.rates import Rates, culprit_rates
 from flakebot.analysis.skip import block_probabilities, blocks, testable_before
@@ -129,6 +132,7 @@ class Step:
     reason: str = ""
     range: Optional[tuple[int, int]] = None  # verdict 'culprit-range': (first, last) index
     blocks: list[tuple[int, int, float]] = field(default_factory=list)  # top-k (first, last, P) blocks
+    hosts: list[int] = field(default_factory=list)  # with step(hosts=...): the host slot of each request
 
 
 def _rng_for(settings: EngineSettings, runs_used: int, in_flight) -> np.random.Generator:
@@ -139,8 +143,15 @@ def _rng_for(settings: EngineSettings, runs_used: int, in_flight) -> np.random.G
 def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
          in_flight: Sequence[tuple[int, int]], free_hosts: int, settings: EngineSettings = EngineSettings(),
          rng: np.random.Generator | None = None, post: Posterior | None = None, *,
-         untestable: Collection[int] = (), builds_used: int = 0) -> Step:
-    """One decision: verdict or requests. See the module docstring."""
+         untestable: Collection[int] = (), builds_used: int = 0,
+         hosts: Optional[Sequence[Collection[int]]] = None) -> Step:
+    """One decision: verdict or requests. See the module docstring.
+
+    hosts: per-host builds. The free hosts, each as the set of commits it
+    has built (planner.host_build_sets); replaces `free_hosts` and `built`,
+    and each request comes with the index of its host in `Step.hosts`."""
+    if hosts is not None:
+        free_hosts = len(hosts)
     rng = rng if rng is not None else _rng_for(settings, runs_used, in_flight)
     prior = settings.prior or default_prior()
     x = to_groups(counts, settings.bins)
@@ -212,7 +223,7 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
             and pend.get(parent, 0) == 0 and not forced:
         forced = [(parent, 1)]
     if settings.max_builds is not None:
-        free_hosts = min(free_hosts, settings.max_builds - builds_used)
+        free_hosts = max(0, min(free_hosts, settings.max_builds - builds_used))
     max_new = None
     if settings.max_runs is not None:
         max_new = settings.max_runs - runs_used - sum(pend.values())
@@ -221,14 +232,20 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
                         blocks=top_blocks)
     # Runs in flight at a commit found untestable will come back as infra: no pending evidence.
     testable_in_flight = [(j, m) for j, m in in_flight if int(j) not in skip]
-    reqs = plan(x, prior, built=set(built), in_flight=testable_in_flight, free_hosts=free_hosts,
-                build_minutes=settings.build_minutes, run_minutes=settings.run_minutes, rng=rng,
-                iteration_options=settings.iteration_options, commit_weights=cw,
-                tie_tol=settings.tie_tol, forced=forced, rate_weight=settings.rate_weight, max_new_runs=max_new,
-                post=post, skip=skip)
+    common = dict(in_flight=testable_in_flight, build_minutes=settings.build_minutes,
+                  run_minutes=settings.run_minutes, rng=rng, iteration_options=settings.iteration_options,
+                  commit_weights=cw, tie_tol=settings.tie_tol, forced=forced, rate_weight=settings.rate_weight,
+                  max_new_runs=max_new, post=post, skip=skip)
+    slots: list[int] = []
+    if hosts is not None:
+        placed = plan_hosts(x, prior, hosts=list(hosts)[:free_hosts], **common)
+        reqs = [(j, m) for j, m, _ in placed]
+        slots = [h for _, _, h in placed]
+    else:
+        reqs = plan(x, prior, built=set(built), free_hosts=free_hosts, **common)
     if not reqs and not in_flight and free_hosts > 0:
         why = ("what is left to learn lies among commits that cannot be tested here" if lo != hi
                else "no probe carries information")
         return done("inconclusive", top, ptop, why)
     why = "confirmation runs" if forced and pblock >= settings.confidence else "most information per host-minute"
-    return Step(None, top, ptop, post.p_no_change, cands, reqs, reason=why, blocks=top_blocks)
+    return Step(None, top, ptop, post.p_no_change, cands, reqs, reason=why, blocks=top_blocks, hosts=slots)
