@@ -425,7 +425,7 @@ def main(argv=None):
             out.append(f"| {SCENARIOS[i].name} | git_bayesect (no such hypothesis) | 0.00 "
                        f"| {_mean([x[0] == 'culprit' for x in r]):.2f} | {_mean([x[0] == 'inconclusive' for x in r]):.2f} "
                        f"| {_mean([x[3] for x in r]):.0f} |")
-    hs = [i for i in HOST_SCENARIOS if i in idx]
+    hs = [i for i in HOST_SCENARIOS if i in idx and HT > 0]
     if hs:
         out.append("\n### 8 hosts, per-host builds (default model): build 10 min per host and commit, run 2 min, "
                    "3% infra runs\n")

@@ -96,16 +96,14 @@ def test_commit_whose_host_keeps_getting_lost_is_skipped_after_max_infra(tmp_pat
     max_infra_per_commit requests, then skipped."""
     shas = repo[1]
     with Store(tmp_path / "f.db") as store:
-        # Shared builds (host_builds_kept=0): with per-host builds the planner's path
-        # here ends with evidence from the cut requests before c19 is skipped.
-        cid, r = _run(store, repo, 20, {}, infra_hook=lambda req: req.commit == shas[19], max_infra_per_commit=2,
-                      host_builds_kept=0)
+        cid, r = _run(store, repo, 20, {}, infra_hook=lambda req: req.commit == shas[19], max_infra_per_commit=2)
         assert r["verdict"] in ("culprit", "culprit-range")
         assert r["verdict"] != "culprit" or r["culprit"] == shas[20]
         # Its hosts get lost in every request (sometimes after a few iterations,
         # which are evidence); after two requests with no result it is skipped.
         listed = {u["commit"]: u for u in r["untestable"]}
-        assert listed[shas[19]]["requests"] == 2 and "cut off" in listed[shas[19]]["reason"]
+        # (More than two when requests were already out when the second came back.)
+        assert listed[shas[19]]["requests"] >= 2 and "cut off" in listed[shas[19]]["reason"]
         assert _requests_at(store, cid)[shas[19]] <= 2 + 4  # plus those already out, on 4 hosts
 
 
