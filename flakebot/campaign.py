@@ -290,10 +290,14 @@ class BisectCampaign:
             if s.verdict and not self.dispatcher.in_flight:
                 return self._finish(s, untestable)
             if not s.verdict:
-                for i, (j, iterations) in enumerate(s.requests):
+                pins = [self._pin(slots, s.hosts, i, j) for i, (j, _) in enumerate(s.requests)]
+                # Pinned requests first: queued ahead, they get their host before
+                # an unpinned request can take it.
+                for i in sorted(range(len(pins)), key=lambda i: pins[i] is None):
+                    j, iterations = s.requests[i]
                     seq += 1
                     self.dispatcher.submit(RunRequest(f"c{self.cid}-r{seq}", self.shas[j], (self.test,), int(iterations),
-                                                      host=self._pin(slots, s.hosts, i, j)))
+                                                      host=pins[i]))
             if not self.dispatcher.in_flight:
                 # Nothing running and nothing worth running: the engine's own
                 # stop rule must decide; ask it with the budget declared spent.
