@@ -2,28 +2,32 @@
 
 Simulated ranges: outcomes are drawn directly from each scenario's class
 probabilities (classes.py order: pass <20s, pass 20-60s, near 60-80s,
-near 80-90s, timeout, fail), so the benchmark is pure and fast. Every trial
-draws the culprit uniformly (unless the scenario fixes it) and starts cold:
-no history, no evidence at either end.
+near 80-90s, timeout, fail), so the benchmark is pure and fast. Trial i uses
+seed i in every column (the same culprit, drawn uniformly unless the scenario
+fixes it).
 
-Columns
-- engine (unknown rates): the default engine, one host deciding run by run
-  (free_hosts=1, 1 iteration per request, build cost 0 so that the runs
-  metric is comparable with the published figures), stop at 0.95; runs include
-  the confirmation runs at the culprit and its parent.
-- known rates: the same engine with a point-mass prior at the true class
-  probabilities of each side.
+Columns of the runs table (one host deciding run by run, free_hosts=1, 1
+iteration per request, build cost 0 so that runs are comparable with the
+published figures; runs include the confirmation runs):
+- cold: the default engine, no history, no evidence at either end.
+- nightly: the prior a nightly-opened campaign gets (nightly_prior).
+- known: the same engine with a point-mass prior at the true class probabilities.
+- git_bayesect: benchmarks/bayesect_baseline.py (pass/fail, from its description).
 - Fano bound: ((1-d) log2 N - h(d)) / C, d = 0.05, C = capacity (bits/run) of
   the binary channel between p0 and p1 (failure = timeout + fail), maximised
   over q.
 - 10 reruns: plain bisection with 10 runs per step, a step is 'bad' if any of
   its 10 runs fails (timeout or fail; near misses ignored) - the usual rule.
-- host-hours table: 8 hosts, build 10 min (once per commit), run 2 min; the
-  engine fills every free host each time results come back (event-driven
-  simulation, iterations per request chosen by the planner from 1/2/4/8),
-  vs the 10-reruns bisection costed the same way (one build + 10 runs per step),
-  and a lower bound for any method right with probability 0.95 (host_hours_bound:
-  Fano's runs over every outcome class, plus one build per bit needed).
+
+8-host tables (event-driven; the engine fills every free host each time results
+come back, iterations per request chosen by the planner from 1/2/4/8):
+- per-host builds (per_host_builds, the default model): each host builds for
+  itself (10 min per host and commit) and keeps its last build; run 2 min; 3%
+  of iterations lost to infra. Against host_hours_bound (Fano's runs over every
+  outcome class, plus one build per bit needed) and wall_bound (that bound over
+  8 hosts never idle).
+- shared builds (eight_hosts): a commit built once is built for every host, no
+  infra; with the 10-reruns bisection costed the same way.
 
 Merges: the engine bisects the first-parent chain; a merge commit stands for
 its whole side branch, so a culprit inside a side branch is found as that
@@ -37,7 +41,7 @@ engine told which commits a host refused, 8 hosts as in the host-hours
 table; rows for 10% of commits scattered untestable and the oldest third
 untestable (an era boundary), with the culprit anywhere or at the boundary.
 
-Usage: .venv/bin/python benchmarks/bisect_bench.py [--trials 200] [--jobs 2]
+Usage: .venv/bin/python benchmarks/bisect_bench.py [--trials 200] [--host-trials N] [--jobs 2]
        [--untestable-trials N | --untestable-only]
 """
 from __future__ import annotations
