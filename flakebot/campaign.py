@@ -23,7 +23,7 @@ from flakebot.analysis.posterior import path_weights, prior_from_evidence
 from flakebot.analysis.rates import beta_rate
 from flakebot.analysis.summary import wait_stats
 from flakebot.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
-from flakebot.executors.base import Executor
+from flakebot.executors.base import Executor, ExecutorError
 from flakebot.model import Commit, RunRequest, Verdict
 from flakebot.store import Store
 
@@ -245,15 +245,31 @@ class BisectCampaign:
     def host_slots(self, free: int) -> list[tuple[Optional[str], frozenset[int]]]:
         """The `free` hosts to fill now, each with the positions it has built
         (its last `host_builds_kept` builds of this campaign, from the stored
-        builds): idle hosts that ran builds for this campaign first, then
+        builds; online ones only, when the executor can tell): idle hosts that
+        ran builds for this campaign first, then
         hosts not known yet (None, nothing built). A host with a request in
         flight is busy."""
         rows = [(b["host"], self.index[b["commit_sha"]]) for b in self.store.builds(self.cid)
                 if b["commit_sha"] in self.index]
         have = host_build_sets(rows, max(1, self.params.host_builds_kept))
+        online = self._online_hosts()
+        if online is not None:  # never pin to a host that is gone: the request would wait forever
+            have = {h: b for h, b in have.items() if h in online}
         busy = {f.request.host or (f.last_seen[2] if f.last_seen else None) for f in self.dispatcher.in_flight}
         idle = [(h, s) for h, s in sorted(have.items()) if h not in busy][:free]
         return idle + [(None, frozenset())] * (free - len(idle))
+
+    def _online_hosts(self) -> Optional[set[str]]:
+        """The executor's online hosts when it can tell (Jenkins: agents with
+        the label), None when it has no such notion; empty when it cannot
+        answer now (nothing is pinned then)."""
+        agents = getattr(self.executor, "agents", None)
+        if agents is None:
+            return None
+        try:
+            return set(agents())
+        except ExecutorError:
+            return set()
 
     def _pin(self, slots, hosts: Sequence[int], i: int, j: int) -> Optional[str]:
         """The host request i must run on: the one it was planned for, when
