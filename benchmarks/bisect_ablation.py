@@ -52,12 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bisect_bench as bb  # noqa: E402
 from flakebot.analysis import (EngineSettings, default_prior, known_rates_prior,  # noqa: E402
-                               posterior, prior_from_evidence, step)
+                               posterior, step)
 
 CELLS = [0, 1, 2, 3, 8]  # bisect_bench.SCENARIOS: the four target cells and the #3322 shape
 VARIANTS = ["default", "old prior", "flat baseline", "oracle planning", "plug-in planning", "warm start",
             "confirm 10 runs", "known rates", "known rates, no bad-end runs"]
-WARM_BASELINE_RUNS, WARM_BAD_RUNS, HISTORY_CAP = 100, 20, 50.0
 
 
 def _settings(sc: bb.Scenario, variant: str, seed: int) -> EngineSettings:
@@ -68,10 +67,7 @@ def _settings(sc: bb.Scenario, variant: str, seed: int) -> EngineSettings:
     elif variant == "flat baseline":
         prior = default_prior(before_decay=1.0)
     elif variant == "warm start":
-        rng = np.random.default_rng([seed, 7])  # its own stream: the trial's draws stay the same
-        base = rng.multinomial(WARM_BASELINE_RUNS, np.asarray(sc.before) / sum(sc.before))
-        bad = rng.multinomial(WARM_BAD_RUNS, np.asarray(sc.after) / sum(sc.after))
-        prior = prior_from_evidence(base, bad, cap=HISTORY_CAP)
+        prior = bb.nightly_prior(sc, seed)  # its own stream: the trial's draws stay the same
     elif variant.startswith("known rates"):
         prior = known_rates_prior(bb.groups3(sc.before), bb.groups3(sc.after))
         if variant.endswith("no bad-end runs"):

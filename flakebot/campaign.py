@@ -18,11 +18,12 @@ from typing import Callable, Optional, Sequence
 
 from flakebot.analysis.classes import Bins, classify
 from flakebot.analysis.engine import EngineSettings, Step, step
+from flakebot.analysis.planner import host_build_sets
 from flakebot.analysis.posterior import path_weights, prior_from_evidence
 from flakebot.analysis.rates import beta_rate
 from flakebot.analysis.summary import wait_stats
 from flakebot.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
-from flakebot.executors.base import Executor
+from flakebot.executors.base import Executor, ExecutorError
 from flakebot.lease import DEFAULT_LEASE_SECONDS, CampaignLease, holding_open
 from flakebot.model import Commit, RunRequest, Verdict
 from flakebot.runids import campaign_run_id, instance_id
@@ -83,6 +84,7 @@ class BisectParams(StoredParams):
     path_weights: bool = False
     suspect_paths: tuple[str, ...] = ()
     seed: int = 0
+    host_builds_kept: int = 1
 
     @classmethod
     def from_config(cls, cfg) -> "BisectParams":
@@ -93,7 +95,7 @@ class BisectParams(StoredParams):
                    build_minutes=cfg.executor.build_minutes, run_minutes=cfg.executor.run_minutes,
                    wait_bins_s=b.wait_bins_s, limit_s=cfg.tests.limit_s, slow_threshold_s=cfg.tests.slow_threshold_s,
                    history_cap=b.history_cap, confirm_runs=b.confirm_runs, path_weights=b.path_weights,
-                   suspect_paths=b.suspect_paths, seed=cfg.sim.seed)
+                   suspect_paths=b.suspect_paths, seed=cfg.sim.seed, host_builds_kept=b.host_builds_kept)
 
 
 
@@ -246,6 +248,43 @@ class BisectCampaign:
         built = {self.index[b["commit_sha"]] for b in builds if b["commit_sha"] in self.index}
         return host_minutes, built
 
+    def host_slots(self, free: int) -> list[tuple[Optional[str], frozenset[int]]]:
+        """The `free` hosts to fill now, each with the positions it has built
+        (its last `host_builds_kept` builds of this campaign, from the stored
+        builds; online ones only, when the executor can tell): idle hosts that
+        ran builds for this campaign first, then
+        hosts not known yet (None, nothing built). A host with a request in
+        flight is busy."""
+        rows = [(b["host"], self.index[b["commit_sha"]]) for b in self.store.builds(self.cid)
+                if b["commit_sha"] in self.index]
+        have = host_build_sets(rows, max(1, self.params.host_builds_kept))
+        online = self._online_hosts()
+        if online is not None:  # never pin to a host that is gone: the request would wait forever
+            have = {h: b for h, b in have.items() if h in online}
+        busy = {f.request.host or (f.last_seen[2] if f.last_seen else None) for f in self.dispatcher.in_flight}
+        idle = [(h, s) for h, s in sorted(have.items()) if h not in busy][:free]
+        return idle + [(None, frozenset())] * (free - len(idle))
+
+    def _online_hosts(self) -> Optional[set[str]]:
+        """The executor's online hosts when it can tell (Jenkins: agents with
+        the label), None when it has no such notion; empty when it cannot
+        answer now (nothing is pinned then)."""
+        agents = getattr(self.executor, "agents", None)
+        if agents is None:
+            return None
+        try:
+            return set(agents())
+        except ExecutorError:
+            return set()
+
+    def _pin(self, slots, hosts: Sequence[int], i: int, j: int) -> Optional[str]:
+        """The host request i must run on: the one it was planned for, when
+        that host has the commit built (else any host may build it)."""
+        if i >= len(hosts):
+            return None
+        name, built = slots[hosts[i]]
+        return name if name is not None and j in built else None
+
     # -- the loop --------------------------------------------------------
 
     def run(self) -> dict:
@@ -272,18 +311,24 @@ class BisectCampaign:
             host_minutes, built = self.spent()
             builds = len(self.store.builds(self.cid))
             in_flight = [(self.index[f.request.commit], f.request.iterations) for f in self.dispatcher.in_flight]
-            s = step(counts, built, runs, host_minutes, in_flight, self.dispatcher.free_slots(), settings,
-                     untestable=untestable, builds_used=builds)
+            slots = self.host_slots(self.dispatcher.free_slots())
+            s = step(counts, built, runs, host_minutes, in_flight, len(slots), settings,
+                     untestable=untestable, builds_used=builds,
+                     hosts=None if self.params.host_builds_kept == 0 else [b for _, b in slots])
             self._report(s, sum(map(sum, counts)))
             if s.verdict and not self.dispatcher.in_flight:
                 return self._finish(s, untestable)
             if not s.verdict:
                 if s.requests:
                     self.lease.renew()  # still ours before anything is sent (LeaseLost if not)
-                for j, iterations in s.requests:
+                pins = [self._pin(slots, s.hosts, i, j) for i, (j, _) in enumerate(s.requests)]
+                # Pinned requests first: queued ahead, they get their host before
+                # an unpinned request can take it.
+                for i in sorted(range(len(pins)), key=lambda i: pins[i] is None):
+                    j, iterations = s.requests[i]
                     seq += 1
-                    self.dispatcher.submit(RunRequest(campaign_run_id(instance, "c", self.cid, seq),
-                                                      self.shas[j], (self.test,), int(iterations)))
+                    self.dispatcher.submit(RunRequest(campaign_run_id(instance, "c", self.cid, seq), self.shas[j],
+                                                      (self.test,), int(iterations), host=pins[i]))
             if not self.dispatcher.in_flight:
                 # Nothing running and nothing worth running: the engine's own
                 # stop rule must decide; ask it with the budget declared spent.

@@ -548,6 +548,9 @@ class BisectConfig:
         "Path prefixes favoured when path_weights is true.")
     history_cap: int = _k(50, Int(0, 100_000), "Most pseudo-runs of nightly history used as the baseline "
                           "prior; 0 = ignore history.")
+    host_builds_kept: int = _k(1, Int(0, 1000), "Builds a host keeps (the host script builds in one SPDK_DIR: "
+                               "1). The planner prefers a host that has the commit built, pins the request to "
+                               "it and prices a build elsewhere; 0 = treat a build as available to every host.")
 
 
 @dataclass(frozen=True)

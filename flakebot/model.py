@@ -106,6 +106,7 @@ class RunRequest:
     commit: str
     tests: tuple[str, ...]
     iterations: int
+    host: Optional[str] = None  # run on this host only (it has the commit built); None = any host
 
 
 class BuildState(str, enum.Enum):

@@ -130,3 +130,32 @@ def test_end_to_end_with_batches_and_known_rates():
     st = EngineSettings(prior=known_rates_prior([1, 0, 0], [0.5, 0, 0.5]), iteration_options=(1, 2, 4))
     s, runs = simulate(0.0, 0.5, 32, 20, 5, st, hosts=4)
     assert s.verdict == "culprit" and s.culprit == 20
+
+
+def test_neighbour_factor_asks_the_parent_to_show_its_side():
+    # 0 -> 0.1 style: c7 has a clear record, its parent c6 30 passes (each favours
+    # "before" by only ~1.1x): P(c7) just reaches 0.95 and the default names c7;
+    # with a factor of 100 the parent's own runs must show more, so c6 gets a run.
+    c = counts_step(7, fail_before=0, fail_after=4, runs=40)
+    c[6] = [30, 0, 0, 0, 0, 0]
+    off = step(c, set(range(N + 1)), 600, 0, [], 2, EngineSettings(close_divergence=0))
+    assert off.verdict == "culprit" and off.culprit == 7
+    on = step(c, set(range(N + 1)), 600, 0, [], 2, EngineSettings(neighbour_factor=100, close_divergence=0))
+    assert on.verdict is None and on.confidence >= 0.95 and on.requests[0] == (6, 1)
+    c[6] = [60, 0, 0, 0, 0, 0]
+    on = step(c, set(range(N + 1)), 630, 0, [], 2, EngineSettings(neighbour_factor=100, close_divergence=0))
+    assert on.verdict == "culprit" and on.culprit == 7
+
+
+def test_close_rates_need_more_confidence():
+    # 0.02 -> 0.1: one run tells the sides apart by little (J ~ 0.14 nats), so a
+    # culprit needs close_confidence; far apart (0 -> 0.5) the usual confidence.
+    c = counts_step(7, fail_before=2, fail_after=8, runs=80)
+    c[6] = [88, 0, 0, 0, 2, 0]
+    s = step(c, set(range(N + 1)), 900, 0, [], 1, EngineSettings(close_divergence=0))
+    assert s.verdict == "culprit" and s.culprit == 7 and s.confidence < 0.98
+    s = step(c, set(range(N + 1)), 900, 0, [], 1, EngineSettings())
+    assert s.verdict is None and s.confidence >= 0.95 and s.requests == [(6, 1)]
+    c[6] = [118, 0, 0, 0, 2, 0]
+    s = step(c, set(range(N + 1)), 930, 0, [], 1, EngineSettings())
+    assert s.verdict == "culprit" and s.culprit == 7 and s.confidence >= 0.98

@@ -105,3 +105,47 @@ def test_nothing_worth_running_returns_no_requests():
     reqs = plan(cold(32), PRIOR, built=set(), in_flight=[(3, 1)], free_hosts=4, build_minutes=10, run_minutes=2,
                 rng=np.random.default_rng(0), iteration_options=(1, 2), min_information=10.0)
     assert reqs == []
+
+
+# -- per-host builds ------------------------------------------------------
+
+from flakebot.analysis.planner import host_build_sets, plan_hosts  # noqa: E402
+
+
+def test_host_build_sets_keep_the_last_builds():
+    seq = [("a", 5), (None, 9), ("b", 7), ("a", 6), ("b", 7), ("a", 8)]
+    assert host_build_sets(seq) == {"a": frozenset({8}), "b": frozenset({7})}
+    assert host_build_sets(seq, keep=2) == {"a": frozenset({6, 8}), "b": frozenset({7})}
+
+
+@pytest.mark.parametrize("built", [20, 12, 40])
+def test_plan_hosts_sends_a_commit_to_the_host_that_has_it(built):
+    # Four free hosts, one has commit `built`: a request there goes to that host.
+    hosts = [set(), set(), {built}, set()]
+    reqs = plan_hosts(cold(64), PRIOR, hosts=hosts, in_flight=[], build_minutes=10, run_minutes=2,
+                      rng=np.random.default_rng(0), iteration_options=(1, 2, 4))
+    assert len(reqs) == 4 and sorted(h for _, _, h in reqs) == [0, 1, 2, 3]
+    on = {j: h for j, _, h in reqs}
+    assert built in on and on[built] == 2
+
+
+def test_plan_hosts_prices_the_build_on_each_host():
+    # Commit 20 built on host 1 only: host 0 alone (without it) does not pick 20,
+    # host 1 alone does; shared pricing (`plan` with built={20}) cannot tell them apart.
+    kw = dict(in_flight=[], build_minutes=10, run_minutes=2, tie_tol=0.0)
+    alone0 = plan_hosts(cold(64), PRIOR, hosts=[set()], rng=np.random.default_rng(3), **kw)
+    alone1 = plan_hosts(cold(64), PRIOR, hosts=[{20}], rng=np.random.default_rng(3), **kw)
+    assert alone1[0][0] == 20 and alone0[0][0] != 20
+
+
+def test_plan_hosts_forced_request_goes_to_a_host_with_its_build():
+    reqs = plan_hosts(cold(32), PRIOR, hosts=[{3}, {9}, set()], in_flight=[], build_minutes=10, run_minutes=2,
+                      rng=np.random.default_rng(0), forced=[(9, 2)])
+    assert reqs[0] == (9, 2, 1)
+
+
+def test_plan_hosts_deterministic_given_seed():
+    kw = dict(hosts=[{3}, set(), {7, 8}], in_flight=[(7, 1)], build_minutes=10, run_minutes=2,
+              iteration_options=(1, 2))
+    assert plan_hosts(cold(64), PRIOR, rng=np.random.default_rng(5), **kw) == \
+        plan_hosts(cold(64), PRIOR, rng=np.random.default_rng(5), **kw)

@@ -73,8 +73,8 @@ def test_class_counts_and_group_counts_agree():
 
 def test_no_data_gives_the_prior():
     post = posterior(np.zeros((11, 6)))
-    assert post.p_no_change == pytest.approx(0.1)
-    np.testing.assert_allclose(post.culprit[1:], 0.09)
+    assert post.p_no_change == pytest.approx(0.5)
+    np.testing.assert_allclose(post.culprit[1:], 0.05)
     w = path_weights([[]] + [["lib/nvmf/ctrlr.c"] if i == 4 else ["doc/x.md"] for i in range(1, 11)], factor=3.0)
     post = posterior(np.zeros((11, 6)), commit_weights=w)
     assert post.culprit[4] == pytest.approx(3 * post.culprit[5])
@@ -114,10 +114,11 @@ def test_near_misses_alone_are_evidence():
 @pytest.mark.parametrize("low, high", [([18, 0, 2], [20, 0, 0]), ([16, 0, 4], [20, 0, 0])])
 def test_a_drop_is_not_a_culprit_but_the_same_rise_is(low, high):
     g = np.zeros((9, 3))
+    prior = default_prior(p_no_change=0.1)  # the figures below were chosen at this prior of "no change"
     g[:5], g[5:] = low, high          # rate falls at commit 5
-    drop = posterior(g, groups=True)
+    drop = posterior(g, prior, groups=True)
     g[:5], g[5:] = high, low          # the mirror image: rate rises at 5
-    rise = posterior(g, groups=True)
+    rise = posterior(g, prior, groups=True)
     assert drop.culprit[5] < 0.1 and drop.p_no_change > 0.5
     assert rise.culprit[5] > 0.8
 

@@ -102,7 +102,9 @@ def test_commit_whose_host_keeps_getting_lost_is_skipped_after_max_infra(tmp_pat
         # Its hosts get lost in every request (sometimes after a few iterations,
         # which are evidence); after two requests with no result it is skipped.
         listed = {u["commit"]: u for u in r["untestable"]}
-        assert listed[shas[19]]["requests"] == 2 and "cut off" in listed[shas[19]]["reason"]
+        # (More than two when requests were already out when the second came back.)
+        assert listed[shas[19]]["requests"] >= 2
+        assert any("cut off" in why for why in listed[shas[19]]["reasons"])  # a lost host, not "cannot test"
         assert _requests_at(store, cid)[shas[19]] <= 2 + 4  # plus those already out, on 4 hosts
 
 

@@ -10,9 +10,9 @@ from flakebot.analysis.classes import DEFAULT_BINS, Bins, class_names, classify,
 from flakebot.analysis.engine import EngineSettings, Step, step
 from flakebot.analysis.posterior import (Posterior, Prior, default_prior, known_rates_prior, path_weights,
                                          posterior, prior_from_evidence)
-from flakebot.analysis.planner import information, plan
+from flakebot.analysis.planner import host_build_sets, information, plan, plan_hosts
 from flakebot.analysis.rates import Rates, beta_rate, culprit_rates
 
 __all__ = ["Bins", "DEFAULT_BINS", "classify", "class_names", "to_groups", "EngineSettings", "Step", "step",
            "Posterior", "Prior", "default_prior", "known_rates_prior", "path_weights", "posterior",
-           "prior_from_evidence", "information", "plan", "Rates", "beta_rate", "culprit_rates"]
+           "prior_from_evidence", "information", "plan", "plan_hosts", "host_build_sets", "Rates", "beta_rate", "culprit_rates"]

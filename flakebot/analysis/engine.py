@@ -46,8 +46,11 @@ culprit per host-minute (planner.py), in-flight runs counted as pending.
 
 Build cost: `built` is the set of commits whose build is available to every
 host (a shared artifact). A commit with a request in flight is treated as
-built for further requests. If builds are per host, pass the built set of the
-host being filled (or build_minutes=0 and add the cost in the loop).
+built for further requests. Hosts that build for themselves (the host script
+builds in its own SPDK_DIR and keeps the last build): pass `hosts`, the
+commits each free host has built (planner.host_build_sets); a request then
+costs a build unless its host has the commit, and `Step.hosts` says which
+free host each request is for (planner.plan_hosts).
 
 Untestable commits (keyword `untestable`: indices no host can test, skip.py)
 are never probed; those without runs carry no evidence, so a run of them and the first
@@ -61,7 +64,11 @@ untestable good end, "culprit in the first block" and "no change" cannot be
 told apart; once they share `confidence` the search stops ('inconclusive').
 
 Stop rule: 'culprit' when one commit reaches `confidence` AND there are at least
-`confirm_runs` runs at it and at its parent (the engine requests the missing
+`confirm_runs` runs at it and at its parent, AND (with `neighbour_factor` > 1)
+the culprit's own runs favour the after side and its parent's the before side
+by that Bayes factor each. Where the two sides' rates are close
+(side_divergence below `close_divergence`, e.g. 0.02 -> 0.1) a culprit needs
+`close_confidence` (default 0.98) instead of `confidence` (the engine requests the missing
 confirmation runs first; they count in the budget; if they move the posterior
 below the threshold, the search simply continues). 'no-regression' when
 P(no change) reaches `confidence`. 'inconclusive' when the budget (max_runs,
@@ -76,7 +83,7 @@ from typing import Collection, Optional, Sequence
 import numpy as np
 
 from flakebot.analysis.classes import DEFAULT_BINS, Bins, to_groups
-from flakebot.analysis.planner import plan
+from flakebot.analysis.planner import plan, plan_hosts
 from flakebot.analysis.posterior import Posterior, Prior, default_prior, posterior
 from flakebot.analysis.rates import Rates, culprit_rates
 from flakebot.analysis.skip import block_probabilities, blocks, testable_before
@@ -94,6 +101,9 @@ class EngineSettings:
     prior: Optional[Prior] = None          # None: posterior.default_prior()
     commit_weights: Optional[tuple[float, ...]] = None  # e.g. posterior.path_weights(...)
     confirm_runs: int = 2                  # runs needed at the culprit and at its parent
+    neighbour_factor: float = 1.0          # Bayes factor the culprit's and its parent's own runs must each show (1 = off)
+    close_divergence: float = 0.5          # sides closer than this (J-divergence, nats per run) ...
+    close_confidence: float = 0.98         # ... need this confidence for a culprit (measured: docs/benchmarks/bisect.md)
     iteration_options: tuple[int, ...] = (1, 2, 4, 8)  # iterations per request to consider
     predecessor_threshold: float = 0.5     # probe c-1 first once P(c) >= this and c-1 has no runs
     tie_tol: float = 0.05
@@ -105,8 +115,8 @@ class EngineSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.5 < self.confidence < 1:
-            raise ValueError("confidence must be in (0.5, 1)")
+        if not 0.5 < self.confidence < 1 or not 0.5 < self.close_confidence < 1:
+            raise ValueError("confidence and close_confidence must be in (0.5, 1)")
         for name in ("max_runs", "max_host_hours", "max_builds"):
             v = getattr(self, name)
             if v is not None and v < 0:
@@ -129,6 +139,7 @@ class Step:
     reason: str = ""
     range: Optional[tuple[int, int]] = None  # verdict 'culprit-range': (first, last) index
     blocks: list[tuple[int, int, float]] = field(default_factory=list)  # top-k (first, last, P) blocks
+    hosts: list[int] = field(default_factory=list)  # with step(hosts=...): the host slot of each request
 
 
 def _rng_for(settings: EngineSettings, runs_used: int, in_flight) -> np.random.Generator:
@@ -136,11 +147,57 @@ def _rng_for(settings: EngineSettings, runs_used: int, in_flight) -> np.random.G
     return np.random.default_rng([int(settings.seed), int(runs_used), pend, len(in_flight)])
 
 
+def side_divergence(post: Posterior, k: int) -> float:
+    """J-divergence (nats per run, KL both ways) between the after and before
+    sides' predictive group probabilities under hypothesis k: how much one
+    run tells the two sides apart."""
+    pa = np.clip(post.pred_after[k], 1e-12, None)
+    pb = np.clip(post.pred_before[k], 1e-12, None)
+    return float(((pa - pb) * (np.log(pa) - np.log(pb))).sum())
+
+
+def culprit_confidence(post: Posterior, k: int, settings: EngineSettings) -> float:
+    """The confidence a culprit verdict at k needs: `close_confidence` where
+    the sides are close (side_divergence < close_divergence), else
+    `confidence`. Where one run tells the sides apart by little, the verdict
+    leans on the rates prior more and wrong culprits concentrate there
+    ((0.02, 0.1) and the #3322 shape in the benchmark)."""
+    if side_divergence(post, k) < settings.close_divergence:
+        return max(settings.confidence, settings.close_confidence)
+    return settings.confidence
+
+
+def _weak_neighbours(x: np.ndarray, post: Posterior, k: int, parent: Optional[int], factor: float,
+                     skip: Collection[int]) -> list[int]:
+    """Of the culprit k and its parent, those whose own runs do not yet show
+    their side (after for k, before for the parent) by a Bayes factor of at
+    least `factor`, with the side rates the posterior gives under hypothesis
+    k. Guards the verdict against a neighbour whose few runs happened to look
+    like the other side (the rates being learnt from the same runs)."""
+    if factor <= 1.0:
+        return []
+    lr = np.log(np.clip(post.pred_after[k], 1e-300, None)) - np.log(np.clip(post.pred_before[k], 1e-300, None))
+    need = np.log(factor)
+    out = []
+    if float(x[k] @ lr) < need:
+        out.append(k)
+    if parent is not None and parent not in skip and -float(x[parent] @ lr) < need:
+        out.append(parent)
+    return out
+
+
 def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
          in_flight: Sequence[tuple[int, int]], free_hosts: int, settings: EngineSettings = EngineSettings(),
          rng: np.random.Generator | None = None, post: Posterior | None = None, *,
-         untestable: Collection[int] = (), builds_used: int = 0) -> Step:
-    """One decision: verdict or requests. See the module docstring."""
+         untestable: Collection[int] = (), builds_used: int = 0,
+         hosts: Optional[Sequence[Collection[int]]] = None) -> Step:
+    """One decision: verdict or requests. See the module docstring.
+
+    hosts: per-host builds. The free hosts, each as the set of commits it
+    has built (planner.host_build_sets); replaces `free_hosts` and `built`,
+    and each request comes with the index of its host in `Step.hosts`."""
+    if hosts is not None:
+        free_hosts = len(hosts)
     rng = rng if rng is not None else _rng_for(settings, runs_used, in_flight)
     prior = settings.prior or default_prior()
     x = to_groups(counts, settings.bins)
@@ -176,9 +233,12 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
         return done("no-regression", None, post.p_no_change, f"P(no change) = {post.p_no_change:.3f}")
     forced: list[tuple[int, int]] = []
     parent = testable_before(lo, empty)
-    if pblock >= settings.confidence and hi not in empty:
+    needed = culprit_confidence(post, hi, settings)
+    if pblock >= needed and hi not in empty:
         short = [(j, settings.confirm_runs - int(runs_at[j])) for j in (hi, parent)
                  if j is not None and j not in skip and runs_at[j] < settings.confirm_runs]
+        weak = [] if short else _weak_neighbours(x, post, hi, parent, settings.neighbour_factor, skip)
+        short += [(j, 1) for j in weak]
         if not short:
             rates = culprit_rates(counts, hi, settings.bins, settings.interval_level)
             if lo == hi:
@@ -212,7 +272,7 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
             and pend.get(parent, 0) == 0 and not forced:
         forced = [(parent, 1)]
     if settings.max_builds is not None:
-        free_hosts = min(free_hosts, settings.max_builds - builds_used)
+        free_hosts = max(0, min(free_hosts, settings.max_builds - builds_used))
     max_new = None
     if settings.max_runs is not None:
         max_new = settings.max_runs - runs_used - sum(pend.values())
@@ -221,14 +281,20 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
                         blocks=top_blocks)
     # Runs in flight at a commit found untestable will come back as infra: no pending evidence.
     testable_in_flight = [(j, m) for j, m in in_flight if int(j) not in skip]
-    reqs = plan(x, prior, built=set(built), in_flight=testable_in_flight, free_hosts=free_hosts,
-                build_minutes=settings.build_minutes, run_minutes=settings.run_minutes, rng=rng,
-                iteration_options=settings.iteration_options, commit_weights=cw,
-                tie_tol=settings.tie_tol, forced=forced, rate_weight=settings.rate_weight, max_new_runs=max_new,
-                post=post, skip=skip)
+    common = dict(in_flight=testable_in_flight, build_minutes=settings.build_minutes,
+                  run_minutes=settings.run_minutes, rng=rng, iteration_options=settings.iteration_options,
+                  commit_weights=cw, tie_tol=settings.tie_tol, forced=forced, rate_weight=settings.rate_weight,
+                  max_new_runs=max_new, post=post, skip=skip)
+    slots: list[int] = []
+    if hosts is not None:
+        placed = plan_hosts(x, prior, hosts=list(hosts)[:free_hosts], **common)
+        reqs = [(j, m) for j, m, _ in placed]
+        slots = [h for _, _, h in placed]
+    else:
+        reqs = plan(x, prior, built=set(built), free_hosts=free_hosts, **common)
     if not reqs and not in_flight and free_hosts > 0:
         why = ("what is left to learn lies among commits that cannot be tested here" if lo != hi
                else "no probe carries information")
         return done("inconclusive", top, ptop, why)
-    why = "confirmation runs" if forced and pblock >= settings.confidence else "most information per host-minute"
-    return Step(None, top, ptop, post.p_no_change, cands, reqs, reason=why, blocks=top_blocks)
+    why = "confirmation runs" if forced and pblock >= needed else "most information per host-minute"
+    return Step(None, top, ptop, post.p_no_change, cands, reqs, reason=why, blocks=top_blocks, hosts=slots)

@@ -116,6 +116,22 @@ def _fantasy(post: Posterior, group_counts: np.ndarray, pending: dict[int, int],
     return x
 
 
+def _scored(post: Posterior, iteration_options: Sequence[int], budget: int, rate_weight: float,
+            min_information: float, blocked: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """[(m, information of m runs at each commit)] for the options within budget;
+    -inf where the information is below `min_information` or the commit is skipped."""
+    ri = rate_weight * rate_information(post) if rate_weight > 0 else 0.0
+    out = []
+    for m in iteration_options:
+        if m > budget:
+            continue
+        info = information(post, m) + m * ri
+        info = np.where(info >= min_information, info, -np.inf)
+        info[blocked] = -np.inf
+        out.append((m, info))
+    return out
+
+
 def plan(group_counts, prior: Prior, *, built: set[int], in_flight: Sequence[tuple[int, int]],
          free_hosts: int, build_minutes: float, run_minutes: float, rng: np.random.Generator,
          iteration_options: Sequence[int] = (1,), commit_weights=None, tie_tol: float = 0.05,
@@ -154,16 +170,9 @@ def plan(group_counts, prior: Prior, *, built: set[int], in_flight: Sequence[tup
         post = posterior(_fantasy(base, x, pending, rng), prior, commit_weights, groups=True) if pending else base
         best_score, options = 0.0, []
         cost_build = np.array([0.0 if j in have_build else build_minutes for j in range(n + 1)])
-        scored = []
-        ri = rate_weight * rate_information(post) if rate_weight > 0 else 0.0
-        for m in iteration_options:
-            if m > budget:
-                continue
-            info = information(post, m) + m * ri
-            score = np.where(info >= min_information, info / (cost_build + m * run_minutes), -np.inf)
-            score[blocked] = -np.inf
-            scored.append((m, score))
-            best_score = max(best_score, float(score.max()))
+        scored = [(m, info / (cost_build + m * run_minutes))
+                  for m, info in _scored(post, iteration_options, budget, rate_weight, min_information, blocked)]
+        best_score = max([best_score] + [float(sc.max()) for _, sc in scored])
         if not best_score > 0:
             break
         for m, score in scored:
@@ -172,5 +181,96 @@ def plan(group_counts, prior: Prior, *, built: set[int], in_flight: Sequence[tup
         out.append((j, m))
         pending[j] = pending.get(j, 0) + m
         have_build.add(j)
+        budget -= m
+    return out
+
+
+def host_build_sets(builds: Sequence[tuple[str | None, int]], keep: int = 1) -> dict[str, frozenset[int]]:
+    """Which commits each host has built: `builds` are (host, commit index) in
+    the order the hosts built them (oldest first); a host keeps its last
+    `keep` distinct commits (the host script builds in one SPDK_DIR, so
+    keep=1: a new commit replaces the old build). Builds without a host
+    (not yet started) are ignored.
+
+    >>> sorted(host_build_sets([("a", 1), ("b", 2), ("a", 3)])["a"])
+    [3]
+    >>> sorted(host_build_sets([("a", 1), ("a", 3), ("a", 1)], keep=2)["a"])
+    [1, 3]
+    """
+    last: dict[str, list[int]] = {}
+    for host, j in builds:
+        if not host:
+            continue
+        seq = last.setdefault(host, [])
+        if j in seq:
+            seq.remove(j)
+        seq.append(int(j))
+        del seq[:-max(1, int(keep))]
+    return {h: frozenset(v) for h, v in last.items()}
+
+
+def plan_hosts(group_counts, prior: Prior, *, hosts: Sequence[Collection[int]], in_flight: Sequence[tuple[int, int]],
+               build_minutes: float, run_minutes: float, rng: np.random.Generator,
+               iteration_options: Sequence[int] = (1,), commit_weights=None, tie_tol: float = 0.05,
+               forced: Sequence[tuple[int, int]] = (), min_information: float = 1e-6, rate_weight: float = 0.0,
+               max_new_runs: int | None = None, post: Posterior | None = None,
+               skip: Collection[int] = ()) -> list[tuple[int, int, int]]:
+    """`plan` for hosts that build for themselves: `hosts[h]` is the set of
+    commits free host h has built; a request on h costs a build unless h has
+    the commit. Returns (commit, iterations, h), at most one per free host.
+
+    Each choice is the best (host, commit, iterations) by information per
+    host-minute over every free host, so more runs of a commit go to a host
+    that has it built, and a commit is built on another host only when its
+    information pays for the build there. Forced requests go to a host that
+    has their commit built when one is free. Runs in flight are pending
+    information as in `plan` (a build in flight elsewhere does not help h).
+    """
+    x = np.asarray(group_counts, dtype=float)
+    n = x.shape[0] - 1
+    pending: dict[int, int] = {}
+    for j, m in in_flight:
+        pending[int(j)] = pending.get(int(j), 0) + int(m)
+    free = list(range(len(hosts)))
+    out: list[tuple[int, int, int]] = []
+    budget = max_new_runs if max_new_runs is not None else 10**12
+    blocked = np.array(sorted(int(j) for j in skip), dtype=int)
+    for j, m in forced:
+        j = int(j)
+        if j in skip:
+            continue
+        if not free or budget <= 0:
+            break
+        h = next((h for h in free if j in hosts[h]), free[0])
+        m = min(int(m), budget)
+        out.append((j, m, h))
+        free.remove(h)
+        pending[j] = pending.get(j, 0) + m
+        budget -= m
+    base = post if post is not None else posterior(x, prior, commit_weights, groups=True)
+    while free and budget > 0:
+        post = posterior(_fantasy(base, x, pending, rng), prior, commit_weights, groups=True) if pending else base
+        scored = _scored(post, iteration_options, budget, rate_weight, min_information, blocked)
+        # Hosts with the same built set score alike: score each distinct set once.
+        kinds: dict[frozenset[int], list[int]] = {}
+        for h in free:
+            kinds.setdefault(frozenset(int(j) for j in hosts[h]), []).append(h)
+        best_score, table = 0.0, []
+        for built, hs in kinds.items():
+            cost_build = np.full(n + 1, float(build_minutes))
+            cost_build[[j for j in built if 0 <= j <= n]] = 0.0
+            for m, info in scored:
+                score = info / (cost_build + m * run_minutes)
+                table.append((hs, m, score))
+                best_score = max(best_score, float(score.max()))
+        if not best_score > 0:
+            break
+        options = [(hs, int(j), m) for hs, m, score in table
+                   for j in np.flatnonzero(score >= (1 - tie_tol) * best_score)]
+        hs, j, m = options[int(rng.integers(len(options)))]
+        h = hs[0]
+        out.append((j, m, h))
+        free.remove(h)
+        pending[j] = pending.get(j, 0) + m
         budget -= m
     return out

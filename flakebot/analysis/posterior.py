@@ -103,7 +103,7 @@ def _norm_log(w: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=32)
 def default_prior(
-    p_no_change: float = 0.1,
+    p_no_change: float = 0.5,
     concentration: float = 300.0,
     min_rise: float = 0.01,
     bad_grid: tuple[float, ...] = BAD_GRID,

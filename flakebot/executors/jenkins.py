@@ -194,6 +194,24 @@ def _label_matches(expr: str, labels: set[str]) -> bool:
     return False
 
 
+_NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def pin_label(label: str, node: str) -> str:
+    """The label expression that runs a build on `node` only (a Jenkins label
+    expression is tested against each agent's labels and its name).
+
+    >>> pin_label("vfio-user", "host-3"), pin_label("a || b", "h1"), pin_label("", "h1")
+    ('vfio-user && host-3', '(a || b) && h1', 'h1')
+    """
+    if not _NODE_NAME_RE.fullmatch(node or ""):
+        raise ExecutorError(f"Jenkins: cannot pin a build to node {node!r}: not a plain node name")
+    label = (label or "").strip()
+    if not label:
+        return node
+    return f"({label}) && {node}" if "||" in label else f"{label} && {node}"
+
+
 def _params_of(obj: dict) -> dict[str, str]:
     """Build parameters from a build's or queue item's ``actions``."""
     out: dict[str, str] = {}
@@ -378,6 +396,8 @@ class JenkinsExecutor:
         }
         if self.label:  # empty: the job's own label applies
             params[PARAM_LABEL] = self.label
+        if request.host is not None:
+            params[PARAM_LABEL] = pin_label(self.label, request.host)
         return params
 
     def submit(self, request: RunRequest) -> str:

@@ -2,9 +2,11 @@
 
 Simulated time only (no sleeping). A request is finished as soon as it is
 submitted (after `polls_until_done` RUNNING polls, for tests of the polling
-loop). Each request goes to the least-loaded host (by simulated host minutes;
-ties to the lowest number). Host time: `build_minutes` the first time a host
-sees a commit, plus `run_minutes` per iteration actually run.
+loop). Each request goes to its pinned host (`RunRequest.host`) or to the
+least-loaded host (by simulated host minutes; ties to the lowest number).
+Host time: `build_minutes` unless the host has the commit built (it keeps
+its last `builds_kept` builds; None = all), plus `run_minutes` per iteration
+actually run.
 
     >>> from flakebot.model import RunRequest
     >>> from flakebot.sim import Behaviour, Scenario
@@ -76,6 +78,7 @@ class SimExecutor:
         repo: Optional[str] = None,
         polls_until_done: int = 0,
         infra_hook: Optional[Callable[[RunRequest], bool]] = None,
+        builds_kept: Optional[int] = None,
     ):
         """`scenario` says how each (test, commit) behaves; without one, `repo` (a git
         path) gives Scenario.from_repo(repo), else every commit is healthy.
@@ -95,7 +98,8 @@ class SimExecutor:
         self.polls_until_done = polls_until_done
         self.infra_hook = infra_hook
         self._jobs: dict[str, _Job] = {}
-        self._built: dict[str, set[str]] = {h: set() for h in self.hosts}
+        self._built: dict[str, list[str]] = {h: [] for h in self.hosts}
+        self.builds_kept = builds_kept
         self._load: dict[str, float] = {h: 0.0 for h in self.hosts}
         self._force_infra = 0
 
@@ -129,7 +133,9 @@ class SimExecutor:
                 raise ExecutorError(f"sim executor: unknown test {t!r}")
         if request.iterations < 1:
             raise ExecutorError("sim executor: iterations must be >= 1")
-        host = min(self.hosts, key=lambda h: (self._load[h], self.hosts.index(h)))
+        if request.host is not None and request.host not in self.hosts:
+            raise ExecutorError(f"sim executor: no host {request.host!r}")
+        host = request.host or min(self.hosts, key=lambda h: (self._load[h], self.hosts.index(h)))
         infra_at = None
         forced = False
         if self._force_infra > 0:
@@ -218,6 +224,10 @@ class SimExecutor:
                 break
             if truth.rc:
                 rc = 1
-        built.add(req.commit)
+        if req.commit in built:
+            built.remove(req.commit)
+        built.append(req.commit)
+        if self.builds_kept is not None:
+            del built[:-max(1, self.builds_kept)]
         job.rc = rc
         job.host_minutes = minutes

@@ -25,7 +25,9 @@ token (401 otherwise); every POST needs the crumb header (403 otherwise), as on
 a Jenkins with CSRF protection on.
 
 Semantics kept from Jenkins: queue items wait (``why``) until a free online agent
-carrying the label takes them, then become "left" items with ``executable``
+matching the label expression (tested against the agent's labels and its name,
+so ``vfio-user && agent-2`` pins a build; a label no agent matches stays
+queued) takes them, then become "left" items with ``executable``
 and expire ``queue_expiry_s`` later (404); identical queued requests (same job,
 same parameters) are merged into one queue item; each agent runs one build at
 a time. Builds run a simulated host: the console comes from a console factory
@@ -36,7 +38,9 @@ are reported in simulated milliseconds, so host minutes stay meaningful.
 
 Faults, for tests: :meth:`FakeJenkins.fail_auth`, :meth:`fail_5xx`,
 :meth:`fail_triggers`, :meth:`slow`, :meth:`cancel_queue_items`, :meth:`lose_agent`,
-:meth:`truncate_logs`, :meth:`rotate_crumb`. A scenario with commits that
+:meth:`truncate_logs`, :meth:`rotate_crumb`. Each agent keeps its last
+``builds_kept`` builds as the host script does (``compiles()`` counts what each
+agent compiled). A scenario with commits that
 cannot be tested (``sim.Scenario.with_untestable``) makes their builds print
 the host script's ``flakebot: infra:`` line and end FAILURE, as exit 3 does.
 
@@ -259,6 +263,8 @@ class Agent:
     build: Optional["Build"] = None
     lose_after: Optional[int] = None  # fault: lose this agent after N finished iterations
     offline_until: Optional[float] = None  # back online then (a host that rebooted)
+    built: list = field(default_factory=list)  # commits whose build it keeps, oldest first
+    compiles: int = 0  # builds it compiled (a kept build is not compiled again)
 
 
 @dataclass
@@ -336,8 +342,10 @@ class FakeJenkins:
         reconnect_s: float = 1.0,
         tick_s: float = 0.002,
         crumbs: bool = True,
+        builds_kept: int = 1,
     ) -> None:
         self.time_scale = time_scale  # real seconds per simulated minute
+        self.builds_kept = max(1, builds_kept)  # the host script builds in one SPDK_DIR: 1
         self.console_factory = console_factory or sim_console_factory(scenario)
         self.user, self.token = user, token
         self.port = port
@@ -580,10 +588,27 @@ class FakeJenkins:
 
     def _host_lines(self, b: Build) -> Iterator[str]:
         p = b.params
-        yield f"00:00:00.000  + export FLAKEBOT_COMMIT={p.get('SPDK_COMMIT', '')}"
-        yield "00:00:00.010  + ./configure --with-vfio-user"
-        yield "00:00:00.020  + make -j96"
+        sha = p.get('SPDK_COMMIT', '')
+        yield f"00:00:00.000  + export FLAKEBOT_COMMIT={sha}"
+        with self.lock:  # as the host script: build unless the agent's last build is this commit
+            kept = sha in b.agent.built
+            if kept:
+                b.agent.built.remove(sha)
+            else:
+                b.agent.compiles += 1
+            b.agent.built.append(sha)
+            del b.agent.built[:-self.builds_kept]
+        if kept:
+            yield f"00:00:00.010  build of {sha} is current, skipping build"
+        else:
+            yield "00:00:00.010  + ./configure --with-vfio-user"
+            yield "00:00:00.020  + make -j96"
         yield from self.console_factory(dict(p))
+
+    def compiles(self) -> dict[str, int]:
+        """Builds each agent compiled (a request at the commit it has built compiles nothing)."""
+        with self.lock:
+            return {a.name: a.compiles for a in self.agents.values()}
 
     def _advance(self, b: Build, now: float) -> None:
         sim_now = (now - b.started) / self.time_scale * 60.0 if self.time_scale > 0 else float("inf")
