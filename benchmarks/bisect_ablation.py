@@ -27,7 +27,7 @@ variants of the engine:
   (10 runs at the culprit and at its parent; the engine's own default is 2).
 - known rates: the engine told the true rates (planning and verdict).
 - known rates, no bad-end runs: the same without the engine's first runs at
-  the bad end (what BISECTION.md's "rates known" figures correspond to).
+  the bad end (what docs/bisection.md's "rates known" figures correspond to).
 
 Prints one markdown table: mean runs (± standard error) and accuracy per cell.
 

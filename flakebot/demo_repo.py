@@ -14,7 +14,7 @@ content contract is exact:
     `vm_shutdown_all` line; the culprit deletes REMOVE_NS_LINE (only that line).
 
 In the healthy script the two `vm_shutdown_all` calls are at lines 36 and 54,
-as in SPDK (SPDK.md); after the culprit the second is at 53. The virtio script
+as in SPDK (docs/spdk.md); after the culprit the second is at 53. The virtio script
 has its calls at 78 and 97.
 
 Every other commit changes other files: lib/, module/, doc/, scripts/, and a

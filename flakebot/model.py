@@ -1,7 +1,7 @@
 """Plain data shared by every layer. No I/O here.
 
 A Run is one iteration of one test at one commit; its Shutdowns are the
-`vm_shutdown_all` calls it made. Outcomes follow DESIGN.md:
+`vm_shutdown_all` calls it made. The outcomes:
 pass, slow (passed, but a shutdown waited >= the slow threshold), timeout,
 fail (another failure), infra (no usable result; never test evidence).
 """
@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
-# The tests flakebot knows, with the script each runs (SPDK.md).
+# The tests flakebot knows, with the script each runs (docs/spdk.md).
 KNOWN_TESTS: dict[str, str] = {
     "vfio_user_nvme_restart_vm": "test/vfio_user/nvme/vfio_user_restart_vm.sh",
     "vfio_user_virtio_blk_restart_vm": "test/vfio_user/virtio/fio_restart_vm.sh virtio_blk",

@@ -195,7 +195,7 @@ class Scenario:
         healthy: Behaviour = HEALTHY,
         prone: Behaviour = Behaviour(0.15, 0.30),
     ) -> "Scenario":
-        """Derive behaviour from the tree (#3322 shape, SPDK.md).
+        """Derive behaviour from the tree (#3322 shape, docs/spdk.md).
 
         The nvme test is healthy at a commit whose vfio_user_restart_vm.sh removes the
         namespace (`nvmf_subsystem_remove_ns`) before the listener
@@ -420,7 +420,7 @@ class _TestShape:
 
 
 def _shape(test: str, era: str) -> _TestShape:
-    old = era == "2023"  # older commits differ by a line (SPDK.md)
+    old = era == "2023"  # older commits differ by a line (docs/spdk.md)
     d = -1 if old else 0
     if test == NVME_TEST:
         return _TestShape(NVME_SCRIPT, "", "nvme0n1 259:0    0   32M  0 disk", {

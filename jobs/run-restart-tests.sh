@@ -2,8 +2,8 @@
 # run-restart-tests.sh - flakebot host script: run SPDK's vfio-user restart tests
 # N times at one commit on this host and print their console output.
 #
-# The `local` executor and the Jenkins job both run this script (DESIGN.md,
-# "Host script contract"). Everything it needs comes from the environment:
+# The `local` executor and the Jenkins job both run this script (docs/architecture.md,
+# "The host script contract"). Everything it needs comes from the environment:
 #
 #   FLAKEBOT_COMMIT      commit to test: 40 hex digits, or a ref (e.g. refs/changes/72/22972/3)
 #   FLAKEBOT_TESTS       space-separated test names, from:

@@ -106,7 +106,7 @@ def test_script_contract_and_line_numbers(demo):
     ns, listener = good.index(REMOVE_NS_LINE), good.index(REMOVE_LISTENER_LINE)
     calls = [i + 1 for i, line in enumerate(good) if line.strip() == "vm_shutdown_all"]
     assert ns < listener < calls[-1] - 1
-    assert calls == [36, 54]  # as in SPDK (SPDK.md)
+    assert calls == [36, 54]  # as in SPDK (docs/spdk.md)
     bad = _script(repo, demo.tip).splitlines()
     assert [i + 1 for i, line in enumerate(bad) if line.strip() == "vm_shutdown_all"] == [36, 53]
     virtio = _script(repo, demo.tip, VIRTIO_SCRIPT).splitlines()

@@ -264,7 +264,7 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
     if n in empty:
         return done("inconclusive", top, ptop, "the bad end cannot be tested here")
     # Learn the bad side early: with unknown rates and no data at the bad end,
-    # passes anywhere are consistent with a small p1 (BISECTION.md).
+    # passes anywhere are consistent with a small p1 (docs/bisection.md).
     if not forced and runs_at[n] + pend.get(n, 0) < settings.bad_end_runs \
             and x[n, 1] + x[n, 2] < settings.bad_end_events:
         forced = [(n, 1)]

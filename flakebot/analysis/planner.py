@@ -10,7 +10,7 @@ H(Y | K) for every j come from prefix sums over k: all commits in O(n * V)
 i.i.d. given the hypothesis (their own learning about the rates is ignored).
 
 Maximising I(K; Y) for a binary asymmetric channel lands where
-P(culprit <= j) is near q* ~ 0.4, not at the median (BISECTION.md); the
+P(culprit <= j) is near q* ~ 0.4, not at the median (docs/bisection.md); the
 information criterion does that by itself and also values the predecessor of
 a strong candidate (telling c from c-1 needs runs at c-1).
 

@@ -4,7 +4,7 @@ Given the culprit c, the before side is every run at c_0..c_{c-1} and the
 after side every run at c_c..c_n. Rates use a Beta(0.5, 0.5) (Jeffreys) prior
 and equal-tailed intervals (default 90%). Pooling a whole side is what makes
 this an estimate: a raw per-commit "k of n failed" table is biased by
-adaptive sampling (BISECTION.md), the pooled side given the culprit is not
+adaptive sampling (docs/bisection.md), the pooled side given the culprit is not
 selected on its outcome in the same way.
 """
 from __future__ import annotations

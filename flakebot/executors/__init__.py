@@ -1,4 +1,4 @@
-"""Executors by name (DESIGN.md: chosen by name from config).
+"""Executors by name (docs/architecture.md: chosen by name from config).
 
     >>> from flakebot.executors import make_executor
     >>> ex = make_executor("sim", hosts=2)

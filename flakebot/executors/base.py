@@ -1,4 +1,4 @@
-"""The executor interface every backend implements (DESIGN.md: submit, poll,
+"""The executor interface every backend implements (docs/architecture.md: submit, poll,
 fetch console and host, cancel, slots). Backends live in sibling modules and
 are chosen by name from config (`make_executor`)."""
 from __future__ import annotations
