@@ -4,7 +4,7 @@ driven by the real JenkinsExecutor over HTTP on 127.0.0.1.
 Two workloads:
 - batch: the same N requests (default 16, 4 iterations each, at 4 commits),
   kept at most ``slots()`` in flight, each console streamed and parsed;
-- bisect: a whole bisection campaign (flakebot.campaign) over the same
+- bisect: a whole bisection campaign (flakebot.campaigns.bisect) over the same
   simulated range (a 24-commit git repo, culprit at 15) with the same seed.
 
 Builds run on the fake's simulated clock: ``--time-scale`` real seconds per
@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from flakebot import spdklog  # noqa: E402
 from flakebot.executors.jenkins import JenkinsExecutor  # noqa: E402
-from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins  # noqa: E402
+from tests.fakes.jenkins import DEFAULT_JOB, FakeJenkins  # noqa: E402
 from flakebot.model import BuildState, RunRequest  # noqa: E402
-from flakebot.sim import Behaviour, Scenario  # noqa: E402
+from flakebot.demo.hosts import Behaviour, Scenario  # noqa: E402
 
 TEST = "vfio_user_nvme_restart_vm"
 USER, TOKEN = "bench", "bench-token"
@@ -86,7 +86,7 @@ def list_schedule(minutes: list[float], agents: int) -> float:
 
 
 def run_bisect(agents: int, time_scale: float, workdir: Path, seed: int = 7) -> dict:
-    from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+    from flakebot.campaigns.bisect import BisectCampaign, BisectParams, open_bisect
     from flakebot.history import History
     from flakebot.store import Store
     from tests.gitrepo import make_repo

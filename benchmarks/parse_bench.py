@@ -1,4 +1,4 @@
-"""Benchmark flakebot.spdklog.parse_file against a bare line loop.
+"""Benchmark flakebot.evidence.spdklog.parse_file against a bare line loop.
 
     .venv/bin/python benchmarks/parse_bench.py --mb 200
 
@@ -62,8 +62,8 @@ print(0, 0, 0)
 PARSE_BASE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-import flakebot.spdklog
-from flakebot.spdklog import parse_file
+import flakebot.evidence.spdklog
+from flakebot.evidence.spdklog import parse_file
 print(0, 0, 0)
 """
 
@@ -71,10 +71,10 @@ print(0, 0, 0)
 PARSE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-import flakebot.spdklog
-from flakebot.spdklog import parse_file
+import flakebot.evidence.spdklog
+from flakebot.evidence.spdklog import parse_file
 if sys.argv[3] == "find":
-    flakebot.spdklog._HS = False
+    flakebot.evidence.spdklog._HS = False
 t, c = time.perf_counter(), time.process_time()
 n = 0
 for run in parse_file(sys.argv[1]):
@@ -137,7 +137,7 @@ def main() -> None:
                     help="find: force the bytes.find line finder (the fallback without hyperscan)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from flakebot import spdklog_scan
+    from flakebot.evidence import spdklog_scan
     scanner = "hyperscan" if spdklog_scan.AVAILABLE and args.scanner == "auto" else "bytes.find"
     if args.instructions and not shutil.which("valgrind"):
         ap.error("--instructions needs valgrind")

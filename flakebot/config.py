@@ -46,7 +46,7 @@ DEFAULT_FILE = "flakebot.toml"
 
 EXECUTORS = ("sim", "local", "jenkins")
 SIM_FORMATS = ("jenkins", "gha", "plain")
-# Console-log eras the simulator prints (flakebot/sim.py ERAS; docs/spdk.md, "Console
+# Console-log eras the simulator prints (flakebot/demo/hosts.py ERAS; docs/spdk.md, "Console
 # log formats"): 2023 = PS4 before 2024-04, timeout without `WARN: Not all VMs`
 # (err_clean); 2024 = PS4 2024-04..2025-11 with the test domain; 2025 = since
 # 2025-11 (`+` PS4, END TEST "(in Ns)", ANSI colours); 2026 = as 2025, no colours.

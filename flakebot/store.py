@@ -233,8 +233,8 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
 
 
 def _migrate_3(db: sqlite_utils.Database) -> None:
-    """One driver per campaign (flakebot/lease.py) and run ids unique across
-    databases (flakebot/runids.py): a lease row per driven campaign, and a
+    """One driver per campaign (flakebot/campaigns/lease.py) and run ids unique across
+    databases (flakebot/executors/runids.py): a lease row per driven campaign, and a
     random instance id for this database, made once, here."""
     db["leases"].create(
         {

@@ -21,9 +21,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from flakebot import commands as cmds
-from flakebot.fakes.gerrit import FakeGerrit
-from flakebot.fakes.github import FakeGitHub
+from flakebot.service import commands as cmds
+from tests.fakes.gerrit import FakeGerrit
+from tests.fakes.github import FakeGitHub
 from flakebot.reporters import gerrit_marker, github_marker, outbox
 from flakebot.store import Store
 from tests.test_render import bisect_result

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+from flakebot.campaigns.bisect import BisectCampaign, BisectParams, open_bisect
 from flakebot.executors.sim import SimExecutor
 from flakebot.history import History
-from flakebot.sim import Behaviour, Scenario
+from flakebot.demo.hosts import Behaviour, Scenario
 from flakebot.store import Store
 from tests.gitrepo import make_repo
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+from flakebot.campaigns.bisect import BisectCampaign, BisectParams, open_bisect
 from flakebot.executors.sim import CHECK_MINUTES, SimExecutor
 from flakebot.history import History
-from flakebot.sim import Behaviour, Scenario, untestable_commits
+from flakebot.demo.hosts import Behaviour, Scenario, untestable_commits
 from flakebot.store import Store
 from tests.gitrepo import make_repo
 
@@ -135,7 +135,7 @@ def test_infra_runs_and_failed_builds_count_against_the_budgets(tmp_path, repo):
 
 def test_the_skip_rule_host_by_host(tmp_path, repo):
     """Which commits the campaign stops sending work to, from stored runs alone."""
-    from flakebot.dispatch import CANNOT_TEST
+    from flakebot.campaigns.dispatch import CANNOT_TEST
     from flakebot.model import Outcome, Run, RunRequest
 
     shas = repo[1]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
-from flakebot.demo_repo import build_demo_repo
-from flakebot.runids import seed_key
+from flakebot.cli.app import main
+from flakebot.demo.repo import build_demo_repo
+from flakebot.executors.runids import seed_key
 from flakebot.store import Store
 
 SAMPLES = Path(__file__).resolve().parent / "fixtures" / "spdk-logs"
@@ -224,7 +224,7 @@ def test_ctrl_c_stops_local_runs_and_keeps_the_campaign_open(tmp_path, demo, mon
     import os
     import time
 
-    from flakebot.dispatch import Dispatcher
+    from flakebot.campaigns.dispatch import Dispatcher
 
     pids = tmp_path / "pids"
     pids.mkdir()

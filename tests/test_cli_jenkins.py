@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
-from flakebot.demo_repo import build_demo_repo
-from flakebot.fakes.jenkins import FakeJenkins
-from flakebot.sim import Scenario
+from flakebot.cli.app import main
+from flakebot.demo.repo import build_demo_repo
+from tests.fakes.jenkins import FakeJenkins
+from flakebot.demo.hosts import Scenario
 from flakebot.store import Store
 
 TEST = "vfio_user_nvme_restart_vm"
@@ -56,9 +56,9 @@ class Killed(Exception):
 def test_abort_stops_the_campaigns_running_builds(tmp_path, monkeypatch):
     """A bot killed with builds running; `flakebot bisect --abort ID` from a new
     process finds them on Jenkins and stops them; what finished stays stored."""
-    from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+    from flakebot.campaigns.bisect import BisectCampaign, BisectParams, open_bisect
     from flakebot.executors.jenkins import JenkinsExecutor
-    from flakebot.fakes.jenkins import DEFAULT_JOB
+    from tests.fakes.jenkins import DEFAULT_JOB
     from flakebot.history import History
 
     demo = build_demo_repo(tmp_path / "spdk", n_commits=40, seed=4)

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-import flakebot.cli as cli
-from flakebot.cli_review import print_verify_result
-from flakebot.demo_repo import build_demo_repo
+import flakebot.cli.app as cli
+from flakebot.cli.review import print_verify_result
+from flakebot.demo.repo import build_demo_repo
 from flakebot.model import OUTCOME_ORDER
 from flakebot.report.data import collect
 from flakebot.report.terminal import print_report

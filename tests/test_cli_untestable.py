@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
-from flakebot.sim import NVME_SCRIPT
+from flakebot.cli.app import main
+from flakebot.demo.hosts import NVME_SCRIPT
 from tests.gitrepo import make_repo
 
 TEST = "vfio_user_nvme_restart_vm"

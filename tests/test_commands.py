@@ -6,10 +6,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from flakebot import commands as cmds
-from flakebot.commands import Author, Command, Policy, Refusal, ReplyTo
-from flakebot.fakes.gerrit import FakeGerrit
-from flakebot.fakes.github import FakeGitHub
+from flakebot.service import commands as cmds
+from flakebot.service.commands import Author, Command, Policy, Refusal, ReplyTo
+from tests.fakes.gerrit import FakeGerrit
+from tests.fakes.github import FakeGitHub
 from flakebot.model import KNOWN_TESTS
 from flakebot.reporters.gerrit import GerritClient
 from flakebot.reporters.github import GitHubClient

@@ -459,7 +459,7 @@ def test_docs_have_a_row_for_every_key_with_its_default():
 
 
 def test_sim_choices_match_the_simulator():
-    sim = pytest.importorskip("flakebot.sim")
+    sim = pytest.importorskip("flakebot.demo.hosts")
     from flakebot.config import SIM_ERAS, SIM_FORMATS
 
     assert SIM_ERAS == tuple(getattr(sim, "ERAS", SIM_ERAS))

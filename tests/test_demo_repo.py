@@ -1,4 +1,4 @@
-"""The demo repository builder (flakebot/demo_repo.py)."""
+"""The demo repository builder (flakebot/demo/repo.py)."""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,7 @@ import time
 import git
 import pytest
 
-from flakebot.demo_repo import (
+from flakebot.demo.repo import (
     CULPRIT_SUBJECT,
     FIX_SUBJECT,
     REMOVE_LISTENER_LINE,
@@ -130,10 +130,10 @@ def test_restart_script_healthy(text, healthy):
 
 def test_simulator_agrees_on_every_commit(demo_fix_merge):
     """The sim hosts read the same script; their verdict must match the builder's."""
-    sim = pytest.importorskip("flakebot.sim")
+    sim = pytest.importorskip("flakebot.demo.hosts")
     check = getattr(sim, "nvme_script_is_healthy", None)
     if check is None:
-        pytest.skip("flakebot.sim has no nvme_script_is_healthy")
+        pytest.skip("flakebot.demo.hosts has no nvme_script_is_healthy")
     d = demo_fix_merge
     repo = git.Repo(d.path)
     for sha in d.shas:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import pytest
 
-from flakebot.dispatch import Dispatcher, complete_runs
+from flakebot.campaigns.dispatch import Dispatcher, complete_runs
 from flakebot.executors.sim import SimExecutor
 from flakebot.model import BuildState, BuildStatus, Outcome, Run, RunRequest
 from flakebot.store import Store

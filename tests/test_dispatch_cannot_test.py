@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import stat
 
-from flakebot.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
+from flakebot.campaigns.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
 from flakebot.executors.local import LocalExecutor
 from flakebot.executors.sim import SimExecutor
 from flakebot.model import RunRequest
-from flakebot.sim import CannotTest, Scenario
+from flakebot.demo.hosts import CannotTest, Scenario
 from flakebot.store import Store
 
 SHA = "ab" * 20

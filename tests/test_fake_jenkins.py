@@ -12,7 +12,7 @@ import jenkins
 import pytest
 import requests
 
-from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins, sim_console_factory, split_tests
+from tests.fakes.jenkins import DEFAULT_JOB, FakeJenkins, sim_console_factory, split_tests
 
 USER, TOKEN = "bot", "tok-123"
 AUTH = (USER, TOKEN)
@@ -219,7 +219,7 @@ def test_label_expression_routes_builds(fake):
 
 
 def test_sim_console_factory_uses_scenario():
-    sim = pytest.importorskip("flakebot.sim")
+    sim = pytest.importorskip("flakebot.demo.hosts")
     bad = sim.Behaviour(1.0, 0.0)
     scen = sim.Scenario.by_culprit(["a" * 40, "b" * 40], "b" * 40, sim.HEALTHY, bad)
     f = sim_console_factory(scen)
@@ -234,7 +234,7 @@ def test_sim_console_factory_uses_scenario():
 
 def test_cli_starts_standalone():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.Popen([sys.executable, "-m", "flakebot.fakes.jenkins", "--port", "0", "--agents", "3",
+    p = subprocess.Popen([sys.executable, "-m", "tests.fakes.jenkins", "--port", "0", "--agents", "3",
                           "--user", USER, "--token", TOKEN], stdout=subprocess.PIPE, text=True, env=env)
     try:
         first = p.stdout.readline()

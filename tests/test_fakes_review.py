@@ -13,10 +13,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from flakebot import commands as cmds
-from flakebot import render
-from flakebot.fakes.gerrit import FakeGerrit
-from flakebot.fakes.github import FakeGitHub
+from flakebot.service import commands as cmds
+from flakebot.report import comments as render
+from tests.fakes.gerrit import FakeGerrit
+from tests.fakes.github import FakeGitHub
 from flakebot.reporters import outbox
 from flakebot.reporters.gerrit import DEFAULT_TAG, GerritClient, GerritReporter
 from flakebot.reporters.github import GitHubClient, GitHubReporter
@@ -282,9 +282,9 @@ def test_done_when_with_a_real_simulated_campaign(g, gh, tmp_path, monkeypatch):
     """The result of an actual simulated bisection (flakebot demo) lands once."""
     try:
         from click.testing import CliRunner
-        from flakebot.cli import main
+        from flakebot.cli.app import main
     except ImportError as e:  # pragma: no cover - the CLI is another module's job
-        pytest.skip(f"flakebot.cli not importable: {e}")
+        pytest.skip(f"flakebot.cli.app not importable: {e}")
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo"), "--json",
                                     "--iterations", "20"], env={"FLAKEBOT_CONFIG": ""})

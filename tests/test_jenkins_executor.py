@@ -11,7 +11,7 @@ import pytest
 
 from flakebot.executors.base import ExecutorError
 from flakebot.executors.jenkins import Handle, JenkinsExecutor
-from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins
+from tests.fakes.jenkins import DEFAULT_JOB, FakeJenkins
 from flakebot.model import BuildState, RunRequest
 from tests.test_fake_jenkins import direct_to_loopback
 
@@ -174,7 +174,7 @@ def test_console_streams_progressively_while_building():
 
 
 def test_console_parsed_into_runs(fake, ex):
-    spdklog = pytest.importorskip("flakebot.spdklog")
+    spdklog = pytest.importorskip("flakebot.evidence.spdklog")
     h = ex.submit(req("parse", iterations=3))
     s = wait_for(ex, h)
     runs = list(spdklog.parse_lines(ex.console(s.external_id)))
@@ -282,7 +282,7 @@ def test_agent_lost_mid_build_is_lost_with_partial_log(fake, ex):
     assert sum("FLAKEBOT-ITERATION-END" in x for x in lines) == 1
     assert any("ChannelClosedException" in x for x in lines)
     assert ex.slots() == 0  # agent-1 is gone, the others offline
-    spdklog = pytest.importorskip("flakebot.spdklog")
+    spdklog = pytest.importorskip("flakebot.evidence.spdklog")
     runs = list(spdklog.parse_lines(iter(lines)))
     assert runs and runs[0].outcome.is_evidence
 
@@ -410,9 +410,9 @@ class Killed(Exception):
 
 
 def _e2e(tmp_path, e2e_repo, culprit_index, *, agents=4, db="e2e.db"):
-    from flakebot.campaign import BisectParams, open_bisect
+    from flakebot.campaigns.bisect import BisectParams, open_bisect
     from flakebot.history import History
-    from flakebot.sim import Behaviour, Scenario
+    from flakebot.demo.hosts import Behaviour, Scenario
     from flakebot.store import Store
 
     path, shas = e2e_repo
@@ -434,7 +434,7 @@ def _builds_per_run_id(fake):
 
 
 def test_bisect_through_jenkins_finds_the_culprit_with_4_in_flight(tmp_path, e2e_repo):
-    from flakebot.campaign import BisectCampaign
+    from flakebot.campaigns.bisect import BisectCampaign
 
     fake, store, cid = _e2e(tmp_path, e2e_repo, 15)
     with fake, store:
@@ -462,7 +462,7 @@ def test_bisect_through_jenkins_finds_the_culprit_with_4_in_flight(tmp_path, e2e
 
 
 def test_bisect_with_faults_gives_the_same_verdict(tmp_path, e2e_repo):
-    from flakebot.campaign import BisectCampaign
+    from flakebot.campaigns.bisect import BisectCampaign
     from flakebot.model import Outcome
 
     fake, store, cid = _e2e(tmp_path, e2e_repo, 15, agents=5)
@@ -498,7 +498,7 @@ def test_bisect_with_faults_gives_the_same_verdict(tmp_path, e2e_repo):
 def test_killed_bot_reattaches_instead_of_rebuilding(tmp_path, e2e_repo, where):
     """A bot killed mid-campaign, started again (new executor), follows the
     builds already queued or running: every request runs exactly once."""
-    from flakebot.campaign import BisectCampaign
+    from flakebot.campaigns.bisect import BisectCampaign
 
     fake, store, cid = _e2e(tmp_path, e2e_repo, 9)
     with fake, store:

@@ -9,13 +9,13 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
-from flakebot.demo_repo import build_demo_repo
+from flakebot.cli.app import main
+from flakebot.demo.repo import build_demo_repo
 from flakebot.executors.base import ExecutorError
 from flakebot.executors.jenkins import JenkinsExecutor, pin_label
-from flakebot.fakes.jenkins import FakeJenkins
+from tests.fakes.jenkins import FakeJenkins
 from flakebot.model import BuildState, RunRequest
-from flakebot.sim import Scenario
+from flakebot.demo.hosts import Scenario
 from flakebot.store import Store
 
 TEST = "vfio_user_nvme_restart_vm"

@@ -64,7 +64,7 @@ def test_job_is_reachable_and_scannable(ex):
 @pytest.mark.skipif(ENV.get("FLAKEBOT_TEST_JENKINS_SUBMIT") != "1",
                     reason="set FLAKEBOT_TEST_JENKINS_SUBMIT=1 to run one real build")
 def test_one_build(ex):
-    from flakebot import spdklog
+    from flakebot.evidence import spdklog
 
     run_id = f"flakebot-live-{uuid.uuid4().hex[:12]}"
     request = RunRequest(run_id, ENV.get("FLAKEBOT_TEST_JENKINS_COMMIT", "master"),

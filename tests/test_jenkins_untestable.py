@@ -8,10 +8,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
-from flakebot.demo_repo import build_demo_repo
-from flakebot.fakes.jenkins import FakeJenkins
-from flakebot.sim import Scenario, untestable_commits
+from flakebot.cli.app import main
+from flakebot.demo.repo import build_demo_repo
+from tests.fakes.jenkins import FakeJenkins
+from flakebot.demo.hosts import Scenario, untestable_commits
 from flakebot.store import Store
 
 TEST = "vfio_user_nvme_restart_vm"

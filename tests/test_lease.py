@@ -1,4 +1,4 @@
-"""One driver per campaign (flakebot/lease.py) and no adopted stranger:
+"""One driver per campaign (flakebot/campaigns/lease.py) and no adopted stranger:
 the lease refuses a second driver naming the holder, renewal keeps it, expiry
 (or a holder dead on this host) frees it; run ids carry each database's
 instance id; two databases against one Jenkins that answers 503 after
@@ -19,10 +19,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
+from flakebot.cli.app import main
 from flakebot.executors.procs import boot_id, proc_stat
-from flakebot.lease import CampaignLease, Identity, LeaseHeld, LeaseLost, holder
-from flakebot.runids import campaign_run_id, instance_id, seed_key
+from flakebot.campaigns.lease import CampaignLease, Identity, LeaseHeld, LeaseLost, holder
+from flakebot.executors.runids import campaign_run_id, instance_id, seed_key
 from flakebot.store import SCHEMA_VERSION, Store, StoreError
 
 T0 = datetime(2026, 11, 25, 16, 0, 0, tzinfo=timezone.utc)
@@ -191,9 +191,9 @@ def test_a_run_id_names_one_request_in_the_store(store):
 def jenkins_world(tmp_path, monkeypatch):
     """A demo repo, a slow fake Jenkins (builds outlive the test's steps) and
     a config pointing at it."""
-    from flakebot.demo_repo import build_demo_repo
-    from flakebot.fakes.jenkins import FakeJenkins
-    from flakebot.sim import Scenario
+    from flakebot.demo.repo import build_demo_repo
+    from tests.fakes.jenkins import FakeJenkins
+    from flakebot.demo.hosts import Scenario
     from tests.test_cli_jenkins import jenkins_config
 
     demo = build_demo_repo(tmp_path / "spdk", n_commits=30, seed=4)
@@ -249,7 +249,7 @@ def test_two_bisect_processes_on_one_campaign_the_second_is_refused(tmp_path, je
 
 
 def test_serve_skips_a_campaign_another_process_drives_and_takes_it_after_expiry(tmp_path):
-    from flakebot.service import Service
+    from flakebot.service.daemon import Service
     from tests.test_nightly import CULPRIT, World
     from tests.test_service import open_a_campaign
 
@@ -282,11 +282,11 @@ def test_two_databases_one_jenkins_503_on_every_trigger_adopt_only_their_own(tmp
     other, so both make the same run ids for different commits) bisect
     different ranges at once: each stored build must be the Jenkins build of
     its own request."""
-    from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+    from flakebot.campaigns.bisect import BisectCampaign, BisectParams, open_bisect
     from flakebot.executors.jenkins import JenkinsExecutor
-    from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins
+    from tests.fakes.jenkins import DEFAULT_JOB, FakeJenkins
     from flakebot.history import History
-    from flakebot.sim import Behaviour, Scenario
+    from flakebot.demo.hosts import Behaviour, Scenario
     from tests.gitrepo import make_repo
 
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -347,7 +347,7 @@ def test_two_databases_one_jenkins_503_on_every_trigger_adopt_only_their_own(tmp
 
 def test_the_fake_jenkins_queues_a_trigger_it_answers_503(monkeypatch):
     from flakebot.executors.jenkins import _HTTPStatusError
-    from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins
+    from tests.fakes.jenkins import DEFAULT_JOB, FakeJenkins
 
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     fake = FakeJenkins(agents=0, user="u", token="t")
@@ -365,7 +365,7 @@ def test_the_fake_jenkins_queues_a_trigger_it_answers_503(monkeypatch):
 
 def _jenkins(url, **kw):
     from flakebot.executors.jenkins import JenkinsExecutor
-    from flakebot.fakes.jenkins import DEFAULT_JOB
+    from tests.fakes.jenkins import DEFAULT_JOB
 
     return JenkinsExecutor(url, "u", "t", DEFAULT_JOB, "vfio-user", timeout=5.0, poll_seconds=0.005,
                            backoff_seconds=0.002, retries=4, **kw)
@@ -379,7 +379,7 @@ def _req(run_id, commit="a" * 40, iterations=1):
 
 def test_jenkins_never_adopts_a_build_of_another_request_with_its_run_id(monkeypatch):
     from flakebot.executors.jenkins import Handle
-    from flakebot.fakes.jenkins import DEFAULT_JOB, FakeJenkins
+    from tests.fakes.jenkins import DEFAULT_JOB, FakeJenkins
     from flakebot.model import BuildState
 
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -426,7 +426,7 @@ def test_the_sim_executor_never_adopts_another_request_with_its_run_id():
 
 
 def test_the_campaign_renews_its_lease_on_every_poll_tick(store):
-    from flakebot.campaign import BisectCampaign, BisectParams, open_bisect
+    from flakebot.campaigns.bisect import BisectCampaign, BisectParams, open_bisect
     from flakebot.executors.sim import SimExecutor
     from flakebot.model import Commit
 
@@ -463,7 +463,7 @@ def test_the_lease_must_outlast_several_poll_ticks():
 
 
 def test_status_names_the_process_driving_each_campaign(tmp_path):
-    from flakebot.cli_service import status_data
+    from flakebot.cli.service import status_data
     from tests.test_nightly import World
     from tests.test_service import open_a_campaign, write_config
 
@@ -485,7 +485,7 @@ def test_status_names_the_process_driving_each_campaign(tmp_path):
 def test_a_second_verify_of_one_campaign_is_refused(tmp_path, monkeypatch):
     from flakebot.config import load_config
     from flakebot.model import Commit
-    from flakebot.verify import VerifyParams, open_verify
+    from flakebot.campaigns.verify import VerifyParams, open_verify
 
     monkeypatch.delenv("FLAKEBOT_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)

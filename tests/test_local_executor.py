@@ -187,7 +187,7 @@ def test_host_script_end_to_end(tmp_path):
     assert [e.rsplit("rc=", 1)[1] for e in ends] == ["0", "1", "0"]
     assert any("A stop job is running" in l for l in lines)
     try:
-        from flakebot import spdklog
+        from flakebot.evidence import spdklog
     except ImportError:
         return
     from flakebot.model import Outcome
@@ -223,9 +223,9 @@ def test_host_script_cancel_stops_the_test(tmp_path):
 def spdk_job(tmp: Path, ledger: Path, *, pause: float = 0.01, sim_args: str = "--outcome pass", rc: int = 0,
              gates: Optional[Path] = None, wait_until_polled: Optional[Path] = None) -> Path:
     """A host command that records its start and end (run id, pid) in `ledger`
-    and prints a realistic SPDK console log (flakebot.sim, plain as on a host
+    and prints a realistic SPDK console log (flakebot.demo.hosts, plain as on a host
     outside Jenkins, with the host script's iteration markers), pausing `pause`
-    seconds every 40 lines; `sim_args` go to flakebot.sim. With `wait_until_polled`
+    seconds every 40 lines; `sim_args` go to flakebot.demo.hosts. With `wait_until_polled`
     (a database) the first line waits until flakebot has stored the build as
     running, i.e. has polled it while it ran. With `gates` (a directory) it
     stops after the first iteration until gates/<run id> or gates/all exists."""
@@ -247,7 +247,7 @@ for t in $FLAKEBOT_TESTS; do
         (( n++ )) || {polled}
         (( n % 40 )) || sleep {pause}
         {held}
-    done < <(PYTHONPATH={ROOT} {sys.executable} -m flakebot.sim --test "$t" --commit "$FLAKEBOT_COMMIT" --fmt plain \\
+    done < <(PYTHONPATH={ROOT} {sys.executable} -m flakebot.demo.hosts --test "$t" --commit "$FLAKEBOT_COMMIT" --fmt plain \\
               --iterations "$FLAKEBOT_ITERATIONS" --run-id "$FLAKEBOT_RUN_ID" --markers {sim_args})
 done
 echo "end $FLAKEBOT_RUN_ID $$" >> {ledger}
@@ -288,7 +288,7 @@ def started(ledger: Path, n: int = 1):
 def test_dispatcher_follows_a_run_over_many_polls(tmp_path):
     """The bug this guards: RUNNING carried the PID as external_id, the
     dispatcher took it as the handle and the next poll answered LOST."""
-    from flakebot.dispatch import Dispatcher
+    from flakebot.campaigns.dispatch import Dispatcher
     from flakebot.model import Outcome
     from flakebot.store import Store
 
@@ -478,7 +478,7 @@ def local_config(tmp: Path) -> Path:
 
 def test_flakebot_run_stores_real_runs_of_a_slow_host_command(tmp_path):
     from flakebot.model import Outcome
-    from flakebot.sim import Behaviour, truths
+    from flakebot.demo.hosts import Behaviour, truths
     from flakebot.store import Store
 
     db, ledger = tmp_path / "f.db", tmp_path / "ledger"
@@ -508,7 +508,7 @@ def test_killed_flakebot_resumes_without_a_second_host_script(tmp_path):
     started the request again would run two scripts with one run id."""
     import sqlite3
 
-    from flakebot.demo_repo import build_demo_repo
+    from flakebot.demo.repo import build_demo_repo
     from flakebot.store import Store
 
     demo = build_demo_repo(tmp_path / "spdk", n_commits=20, seed=1)
@@ -585,7 +585,7 @@ def test_the_wrapper_is_shellcheck_clean(tmp_path):
 
 def test_abort_after_a_restart_stops_the_script_a_killed_flakebot_left(tmp_path):
     """`bisect --abort` after a kill: resume without resubmitting, then cancel."""
-    from flakebot.dispatch import Dispatcher
+    from flakebot.campaigns.dispatch import Dispatcher
     from flakebot.store import Store
 
     ledger, gates = tmp_path / "ledger", tmp_path / "gates"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from flakebot.campaign import BisectCampaign
+from flakebot.campaigns.bisect import BisectCampaign
 from flakebot.config import load_config
-from flakebot.demo_repo import build_demo_repo
+from flakebot.demo.repo import build_demo_repo
 from flakebot.history import History
-from flakebot.nightly import appears_fixed, events, nightly_cycle, stored_nights
+from flakebot.service.nightly import appears_fixed, events, nightly_cycle, stored_nights
 from flakebot.store import Store
-from flakebot.wiring import build_executor
+from flakebot.campaigns.wiring import build_executor
 
 TEST = "vfio_user_nvme_restart_vm"
 CULPRIT, FIX = 40, 50
@@ -186,7 +186,7 @@ def test_fetch_failure_is_reported_and_the_last_tip_used(world):
 
 def test_a_failing_reporter_neither_stops_the_cycle_nor_loses_the_event(tmp_path):
     from flakebot.analysis.detect import Detection
-    from flakebot.nightly import _emit
+    from flakebot.service.nightly import _emit
 
     det = Detection("fall", 0.995, "t" * 40, 9.3, klass="fail", before="b" * 40, after="a" * 40)
 
@@ -205,7 +205,7 @@ def test_a_failing_reporter_neither_stops_the_cycle_nor_loses_the_event(tmp_path
 
 def test_demo_nights_runs_the_whole_chain(tmp_path):
     """What `flakebot demo` can call: nights over a demo repo without a remote."""
-    from flakebot.nightly import demo_nights
+    from flakebot.service.nightly import demo_nights
 
     demo = build_demo_repo(tmp_path / "spdk", n_commits=60, culprit_index=CULPRIT, fix_index=FIX, seed=3)
     cfg = load_config(env={}).with_overrides(
@@ -227,8 +227,8 @@ def test_demo_nights_runs_the_whole_chain(tmp_path):
 def test_status_shows_the_detector_per_test(world):
     from click.testing import CliRunner
 
-    from flakebot.cli import main
-    from flakebot.cli_service import status_data
+    from flakebot.cli.app import main
+    from flakebot.cli.service import status_data
 
     for tip in CLEAN_TIPS:
         world.cycle(tip)

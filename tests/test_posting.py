@@ -22,9 +22,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
-from flakebot.fakes.gerrit import FakeGerrit
-from flakebot.fakes.github import FakeGitHub
+from flakebot.cli.app import main
+from tests.fakes.gerrit import FakeGerrit
+from tests.fakes.github import FakeGitHub
 from flakebot.reporters import github_marker, outbox
 from flakebot.reporters.gerrit import DEFAULT_TAG, GerritClient, GerritReporter
 from flakebot.reporters.github import GitHubClient, GitHubReporter

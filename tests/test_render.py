@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flakebot import render
+from flakebot.report import comments as render
 
 CULPRIT = "cc1a07f73a" + "0" * 30
 PARENT = "d" * 40

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flakebot import render
+from flakebot.report import comments as render
 from tests.test_render import BAD, CULPRIT, GOOD, PARENT, bisect_result
 
 U1, U2 = "1" * 40, "2" * 40

@@ -14,8 +14,8 @@ from rich.console import Console
 
 from flakebot.analysis.classes import to_groups
 from flakebot.analysis.posterior import posterior
-from flakebot.campaign import BisectCampaign, BisectParams
-from flakebot.cli_report import report
+from flakebot.campaigns.bisect import BisectCampaign, BisectParams
+from flakebot.cli.report import report
 from flakebot.model import Commit, Outcome, Run, RunRequest, Shutdown
 from flakebot.report import report_page, write_report, write_reports
 from flakebot.report.data import ReportError, collect, make_bins, stratified_pvalue
@@ -424,7 +424,7 @@ def test_demo_posterior_is_reproduced_from_the_store(tmp_path):
     """The report's posterior for a real campaign (the demo's) is the one its verdict came from."""
     import json
 
-    from flakebot.cli import main
+    from flakebot.cli.app import main
 
     r = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo"), "--iterations", "20", "--json"],
                            catch_exceptions=False)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from flakebot.cli import main
+from flakebot.cli.app import main
 from flakebot.report import write_reports
 from flakebot.store import Store
 

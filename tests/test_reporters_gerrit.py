@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from flakebot.fakes.gerrit import FakeGerrit
+from tests.fakes.gerrit import FakeGerrit
 from flakebot.reporters import (AuthError, Conflict, Item, MaybePosted, NotFound,
                                 TransientError, gerrit_marker)
 from flakebot.reporters.gerrit import DEFAULT_TAG, GerritClient, GerritReporter, strip_xssi

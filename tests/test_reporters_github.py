@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from flakebot.fakes.github import FakeGitHub
+from tests.fakes.github import FakeGitHub
 from flakebot.reporters import (AuthError, BadRequest, Item, MaybePosted, NotFound,
                                 RateLimited, github_marker)
 from flakebot.reporters.github import GitHubClient, GitHubReporter

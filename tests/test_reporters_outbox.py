@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from flakebot import render
-from flakebot.fakes.gerrit import FakeGerrit
-from flakebot.fakes.github import FakeGitHub
+from flakebot.report import comments as render
+from tests.fakes.gerrit import FakeGerrit
+from tests.fakes.github import FakeGitHub
 from flakebot.reporters import github_marker, gerrit_marker, outbox
 from flakebot.reporters.dryrun import DryRunReporter, dryrun_reporters
 from flakebot.reporters.gerrit import DEFAULT_TAG, GerritClient, GerritReporter

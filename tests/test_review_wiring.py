@@ -17,17 +17,17 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
-from flakebot import review_service
-from flakebot.campaign import BisectParams, open_bisect
+from flakebot.service import review as review_service
+from flakebot.campaigns.bisect import BisectParams, open_bisect
 from flakebot.config import load_config
-from flakebot.demo_repo import build_demo_repo
-from flakebot.fakes.gerrit import FakeGerrit
-from flakebot.fakes.github import FakeGitHub
+from flakebot.demo.repo import build_demo_repo
+from tests.fakes.gerrit import FakeGerrit
+from tests.fakes.github import FakeGitHub
 from flakebot.history import History
 from flakebot.model import KNOWN_TESTS
 from flakebot.reporters.gerrit import DEFAULT_TAG, GerritClient, GerritReporter
 from flakebot.reporters.github import GitHubClient, GitHubReporter
-from flakebot.service import Service
+from flakebot.service.daemon import Service
 from flakebot.store import Store
 from tests.helpers_review import FakeClock
 
@@ -172,7 +172,7 @@ def test_without_gerrit_or_github_nothing_is_polled_or_posted(demo, tmp_path):
 
 
 def _main():
-    from flakebot.cli import main
+    from flakebot.cli.app import main
     return main
 
 
@@ -316,7 +316,7 @@ def test_bisect_command_opens_a_campaign_with_validated_values_and_answers_the_t
 
 
 def test_killed_between_storing_a_result_and_queueing_it_still_delivers(demo, g, tmp_path, monkeypatch):
-    from flakebot.verify import VerifyParams, open_verify
+    from flakebot.campaigns.verify import VerifyParams, open_verify
 
     clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, g, None)
@@ -348,7 +348,7 @@ def test_killed_between_storing_a_result_and_queueing_it_still_delivers(demo, g,
 
 
 def test_poll_killed_mid_verify_finishes_it_on_the_next_pass(demo, gh, tmp_path):
-    from flakebot.wiring import build_executor
+    from flakebot.campaigns.wiring import build_executor
 
     clock = FakeClock()
     cfg = make_cfg(demo, tmp_path, None, gh)

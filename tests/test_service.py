@@ -17,10 +17,10 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 from click.testing import CliRunner
 
-from flakebot.cli_service import COMMANDS, status_data
-from flakebot.service import InstanceLock, Service, ServiceLocked, lock_path, missed_nightly, next_fire_times, \
+from flakebot.cli.service import COMMANDS, status_data
+from flakebot.service.daemon import InstanceLock, Service, ServiceLocked, lock_path, missed_nightly, next_fire_times, \
     nightly_trigger
-from flakebot.wiring import build_executor
+from flakebot.campaigns.wiring import build_executor
 from tests.test_nightly import CULPRIT, TEST, World, fast_sqlite, only  # noqa: F401 (fixture)
 
 
@@ -230,7 +230,7 @@ def test_the_lock_refuses_a_second_instance(world, tmp_path):
 
 def test_sigterm_exits_cleanly_and_the_lock_holds_across_processes(world, tmp_path):
     cfg_path = write_config(world, tmp_path, '[nightly]\ncron = "0 3 1 1 *"\n')
-    code = ("import click, sys; from flakebot.cli_service import COMMANDS\n"
+    code = ("import click, sys; from flakebot.cli.service import COMMANDS\n"
             "@click.group()\n@click.option('--config', 'config_path')\n@click.pass_context\n"
             "def g(ctx, config_path):\n    ctx.ensure_object(dict); ctx.obj['config_path'] = config_path\n"
             "for c in COMMANDS: g.add_command(c)\n"

@@ -1,4 +1,4 @@
-"""flakebot.sim (simulated SPDK logs) and the `sim` executor."""
+"""flakebot.demo.hosts (simulated SPDK logs) and the `sim` executor."""
 from __future__ import annotations
 
 import collections
@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from flakebot import sim
+from flakebot.demo import hosts as sim
 from flakebot.executors import EXECUTORS, make_executor, register
 from flakebot.executors.base import ExecutorError
 from flakebot.executors.sim import SimExecutor
 from flakebot.model import BuildState, Commit, KNOWN_TESTS, Outcome, RunRequest
-from flakebot.sim import Behaviour, Scenario, SimClock, console_lines, simulate, truths
+from flakebot.demo.hosts import Behaviour, Scenario, SimClock, console_lines, simulate, truths
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 NVME = "vfio_user_nvme_restart_vm"
@@ -403,7 +403,7 @@ KINDS_BEHAVIOUR = Behaviour(0.25, 0.25, 0.15)
 @pytest.mark.parametrize("era", sim.ERAS)
 @pytest.mark.parametrize("markers", [True, False])
 def test_parser_recovers_the_truth(fmt, era, markers):
-    spdklog = pytest.importorskip("flakebot.spdklog")
+    spdklog = pytest.importorskip("flakebot.evidence.spdklog")
     for test in KNOWN_TESTS:
         sims = list(simulate(test, SHA, 12, behaviour=KINDS_BEHAVIOUR, rng_seed=21, fmt=fmt, era=era,
                              markers=markers, run_id="rt"))
@@ -428,7 +428,7 @@ def test_parser_recovers_the_truth(fmt, era, markers):
 
 
 def test_parser_sees_an_infra_cut():
-    spdklog = pytest.importorskip("flakebot.spdklog")
+    spdklog = pytest.importorskip("flakebot.evidence.spdklog")
     sims = list(simulate(NVME, SHA, 4, behaviour=sim.HEALTHY, rng_seed=1, infra_at=3, run_id="cut"))
     runs = list(spdklog.parse_lines(iter(l for _, ls in sims for l in ls), slow_threshold_s=60.0))
     assert [r.outcome for r in runs] == [Outcome.PASS, Outcome.PASS, Outcome.INFRA]

@@ -1,4 +1,4 @@
-"""flakebot.spdklog: SPDK console text -> Runs. Samples from tests/fixtures/spdk-logs/,
+"""flakebot.evidence.spdklog: SPDK console text -> Runs. Samples from tests/fixtures/spdk-logs/,
 synthetic logs from tests/logfixtures.py (every era x prefix x outcome)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flakebot.model import Outcome
-from flakebot.spdklog import parse_file, parse_lines, parse_text
+from flakebot.evidence.spdklog import parse_file, parse_lines, parse_text
 from tests.logfixtures import LogBuilder
 
 SAMPLES = Path(__file__).resolve().parent / "fixtures" / "spdk-logs"
@@ -355,7 +355,7 @@ def test_junk_between_lines_makes_no_runs(inserts, prefix):
 @pytest.mark.parametrize("block", [64, 1000, 4096])
 def test_parse_file_block_boundaries(monkeypatch, block):
     """Small read blocks: lines, follow/watch windows and banners cross block edges."""
-    import flakebot.spdklog as spdklog
+    import flakebot.evidence.spdklog as spdklog
 
     b = LogBuilder("2025", "plain", crlf=True, ansi=True, stderr=True, wall0=86390)
     for i, o in enumerate(["pass", "timeout_old", "fail", "pass", "cut"], 1):
@@ -394,7 +394,7 @@ def test_failure_during_wait_by_elapsed_time(tmp_path, failed_after, expected, w
 def test_parse_file_stars_fast_path_matches_parse_text(monkeypatch, block, ansi):
     """parse_file handles banner lines of stars without decoding them when its
     block has no ESC; blocks with and without ESC must give parse_text's Runs."""
-    import flakebot.spdklog as spdklog
+    import flakebot.evidence.spdklog as spdklog
 
     b = LogBuilder("2024", "jenkins", ansi=ansi, wrapper="vfio_user_qemu")
     for i, o in enumerate(["pass", "timeout", "fail", "pass", "timeout_old", "pass"], 1):
@@ -443,8 +443,8 @@ def test_old_run_test_name_is_stored_under_flakebots_name(tmp_path, markers):
     """Until 2022-09 the NVMe restart test ran as run_test vfio_user_restart_vm (the
     host script runs it under that name): its runs are vfio_user_nvme_restart_vm's,
     with or without the host script's markers, through every entry point."""
-    from flakebot import sim
-    from flakebot.spdklog import RENAMED_TESTS
+    from flakebot.demo import hosts as sim
+    from flakebot.evidence.spdklog import RENAMED_TESTS
 
     assert RENAMED_TESTS == {"vfio_user_restart_vm": "vfio_user_nvme_restart_vm"}
     lines = list(sim.console_lines("vfio_user_nvme_restart_vm", "0" * 40, 2, behaviour=sim.Behaviour(1.0, 0.0),

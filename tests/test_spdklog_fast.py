@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import flakebot.spdklog as spdklog
-from flakebot import spdklog_scan
-from flakebot.spdklog import parse_file, parse_lines, parse_text
+import flakebot.evidence.spdklog as spdklog
+from flakebot.evidence import spdklog_scan
+from flakebot.evidence.spdklog import parse_file, parse_lines, parse_text
 from tests.logfixtures import LogBuilder
 
 J = "00:07:20.302  "

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import flakebot.spdklog as spdklog
-from flakebot import spdklog_scan
+import flakebot.evidence.spdklog as spdklog
+from flakebot.evidence import spdklog_scan
 from flakebot.model import Outcome
-from flakebot.spdklog import parse_file, parse_lines, parse_text
+from flakebot.evidence.spdklog import parse_file, parse_lines, parse_text
 from tests.logfixtures import LogBuilder
 
 ERAS = ("pre2024", "2024", "2025")

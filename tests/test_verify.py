@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from flakebot.analysis.classes import Bins
 from flakebot.analysis.compare import compare_rates, prob_lower
 from flakebot.config import load_config
-from flakebot.demo_repo import build_demo_repo
+from flakebot.demo.repo import build_demo_repo
 from flakebot.history import History
-from flakebot.render import render
+from flakebot.report.comments import render
 from flakebot.store import Store
-from flakebot.verify import VerifyCampaign, VerifyParams, _spread, open_verify, side_rates
-from flakebot.wiring import build_executor
+from flakebot.campaigns.verify import VerifyCampaign, VerifyParams, _spread, open_verify, side_rates
+from flakebot.campaigns.wiring import build_executor
 
 TEST = "vfio_user_nvme_restart_vm"
 CULPRIT, FIX = 40, 50
@@ -182,7 +182,7 @@ def test_infra_runs_are_retried_within_a_cap(demo, tmp_path):
 
 
 def test_cli_verify_json_default_parent_and_exit_status(demo, tmp_path):
-    from flakebot.cli import main
+    from flakebot.cli.app import main
 
     args = ["verify", "--patch", demo.shas[FIX][:12], "--test", TEST, "--iterations", "40",
             "--db", str(tmp_path / "f.db"), "--repo", str(demo.path), "--executor", "sim", "--seed", "2"]
@@ -204,7 +204,7 @@ def test_cli_verify_json_default_parent_and_exit_status(demo, tmp_path):
     (["--patch", "HEAD", "--test", "rm -rf /"], "unknown test"),
 ])
 def test_cli_verify_bad_input_is_one_line(demo, tmp_path, args, message):
-    from flakebot.cli import main
+    from flakebot.cli.app import main
 
     res = CliRunner().invoke(main, ["verify", *args, "--db", str(tmp_path / "f.db"), "--repo", str(demo.path),
                                     "--executor", "sim"], env={"FLAKEBOT_CONFIG": ""})

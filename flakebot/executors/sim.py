@@ -9,7 +9,7 @@ its last `builds_kept` builds; None = all), plus `run_minutes` per iteration
 actually run.
 
     >>> from flakebot.model import RunRequest
-    >>> from flakebot.sim import Behaviour, Scenario
+    >>> from flakebot.demo.hosts import Behaviour, Scenario
     >>> ex = SimExecutor(Scenario.constant(Behaviour(0.2, 0.3)), hosts=2)
     >>> h = ex.submit(RunRequest("r1", "a" * 40, ("vfio_user_nvme_restart_vm",), 3))
     >>> ex.poll(h).state.value, ex.poll(h).host
@@ -30,8 +30,8 @@ from typing import Callable, Iterator, Optional
 
 from flakebot.executors.base import ExecutorError
 from flakebot.model import BuildState, BuildStatus, KNOWN_TESTS, RunRequest
-from flakebot.runids import seed_key
-from flakebot.sim import (
+from flakebot.executors.runids import seed_key
+from flakebot.demo.hosts import (
     ERAS,
     CannotTest,
     FORMATS,

@@ -42,7 +42,7 @@ import numpy as np
 
 from flakebot.analysis.classes import GROUP_BAD, GROUP_NEAR, Bins, classify
 from flakebot.analysis.rates import Rate, beta_rate
-from flakebot.campaign import wait_stats
+from flakebot.campaigns.bisect import wait_stats
 from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, KNOWN_TESTS, OUTCOME_ORDER
 from flakebot.store import Store, StoreError
 
@@ -464,7 +464,7 @@ def campaign_data(store: Store, campaign_id: int) -> CampaignData:
     and the runs and builds it spent at each position."""
     from flakebot.analysis.classes import to_groups
     from flakebot.analysis.posterior import posterior
-    from flakebot.campaign import BisectCampaign
+    from flakebot.campaigns.bisect import BisectCampaign
 
     row = store.get_campaign(campaign_id)
     shas = store.campaign_commits(campaign_id)

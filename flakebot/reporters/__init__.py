@@ -1,4 +1,4 @@
-"""Reporters deliver text that flakebot.render produced to Gerrit and GitHub.
+"""Reporters deliver text that flakebot.report.comments produced to Gerrit and GitHub.
 
 - ``gerrit.GerritClient`` / ``github.GitHubClient``: thin REST clients (requests)
   with retries, timeouts and (GitHub) rate-limit handling.

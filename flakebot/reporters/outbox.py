@@ -44,7 +44,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Protocol, Union
 
-from flakebot import render as _render
+from flakebot.report import comments as _render
 from flakebot.reporters import (
     Item,
     Reporter,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The body of the fake restart tests (after their VM booted): check the output_dir
 # is fresh, pick this iteration's outcome, print SPDK-format output via
-# flakebot.sim without its own banners (run_test prints those).
+# flakebot.demo.hosts without its own banners (run_test prints those).
 set -euo pipefail
 name=$1
 if [[ -z ${output_dir:-} || ! -d $output_dir ]]; then
@@ -30,5 +30,5 @@ if [[ $outcome == hang ]]; then
 	if [[ -n ${FAKE_SPDK_STATE:-} ]]; then echo $$ > "$FAKE_SPDK_STATE/pid-$name"; fi
 	exec sleep 600
 fi
-"${FAKE_SPDK_PYTHON:-python3}" -m flakebot.sim --test "$name" --outcome "$outcome" --fmt plain \
+"${FAKE_SPDK_PYTHON:-python3}" -m flakebot.demo.hosts --test "$name" --outcome "$outcome" --fmt plain \
 	--era "${FAKE_SPDK_ERA:-2024}" --seed "$n" --rc | grep -vE '^\*+$|^(START|END) TEST '

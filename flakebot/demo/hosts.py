@@ -15,14 +15,14 @@ the sample logs in tests/fixtures/spdk-logs (docs/spdk.md):
 
 Example::
 
-    >>> from flakebot.sim import Behaviour, console_lines, simulate
+    >>> from flakebot.demo.hosts import Behaviour, console_lines, simulate
     >>> lines = list(console_lines("vfio_user_nvme_restart_vm", "a" * 40, 2,
     ...                            behaviour=Behaviour(0.5, 0.2), rng_seed=1))
     >>> lines[0].endswith("FLAKEBOT-ITERATION-START test=vfio_user_nvme_restart_vm iteration=1 run_id=")
     True
 
 `simulate` yields ``(IterationTruth, lines)`` per iteration so tests can check a
-parser against the truth. ``python -m flakebot.sim --help`` prints one log.
+parser against the truth. ``python -m flakebot.demo.hosts --help`` prints one log.
 """
 from __future__ import annotations
 
@@ -832,7 +832,7 @@ _FORCED = {
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flakebot.sim", description="Print a simulated SPDK console log.")
+    ap = argparse.ArgumentParser(prog="python -m flakebot.demo.hosts", description="Print a simulated SPDK console log.")
     ap.add_argument("--test", default=NVME_TEST, choices=sorted(KNOWN_TESTS))
     ap.add_argument("--commit", default="0" * 40)
     ap.add_argument("--iterations", type=int, default=1)

@@ -1,5 +1,5 @@
-"""What every click command module shares (cli.py, cli_report.py,
-cli_service.py), importable without importing cli.py: the one way a command
+"""What every click command module shares (app, report, review,
+service), importable without importing app: the one way a command
 fails on bad input (one line on stderr, exit 2), reading the config with flag
 overrides, and the options of commands that run tests.
 """
@@ -10,16 +10,13 @@ import sys
 
 import click
 
+from flakebot.campaigns.wiring import InputError
 from flakebot.config import ConfigError, load_config
 from flakebot.executors.base import ExecutorError
 from flakebot.history import HistoryError
 from flakebot.store import StoreError
 
 EXIT_INPUT = 2
-
-
-class InputError(Exception):
-    """Bad input from the command line (one line)."""
 
 
 class Fail(click.ClickException):

@@ -31,12 +31,12 @@ from flakebot.analysis.classes import Bins, classify
 from flakebot.analysis.compare import compare_rates
 from flakebot.analysis.rates import beta_rate
 from flakebot.analysis.summary import wait_stats
-from flakebot.campaign import StoredParams
-from flakebot.dispatch import Dispatcher
+from flakebot.campaigns.bisect import StoredParams
+from flakebot.campaigns.dispatch import Dispatcher
 from flakebot.executors.base import Executor
-from flakebot.lease import DEFAULT_LEASE_SECONDS, CampaignLease, holding_open
+from flakebot.campaigns.lease import DEFAULT_LEASE_SECONDS, CampaignLease, holding_open
 from flakebot.model import Commit, RunRequest
-from flakebot.runids import campaign_run_id, instance_id
+from flakebot.executors.runids import campaign_run_id, instance_id
 from flakebot.store import Store
 
 DECIDE_AT = 0.95  # a verdict of 'lowers' / 'raises' needs this probability (render uses the same)
@@ -196,7 +196,7 @@ class VerifyCampaign:
         return result
 
     def result(self) -> dict:
-        """The campaign's answer, in the shape flakebot.render's verify builder reads."""
+        """The campaign's answer, in the shape flakebot.report.comments's verify builder reads."""
         p = self.params
         bins = p.bins
         counts = self.counts()

@@ -22,11 +22,11 @@ from flakebot.analysis.planner import host_build_sets
 from flakebot.analysis.posterior import path_weights, prior_from_evidence
 from flakebot.analysis.rates import beta_rate
 from flakebot.analysis.summary import wait_stats
-from flakebot.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
+from flakebot.campaigns.dispatch import CANNOT_TEST, Dispatcher, is_cannot_test
 from flakebot.executors.base import Executor, ExecutorError
-from flakebot.lease import DEFAULT_LEASE_SECONDS, CampaignLease, holding_open
+from flakebot.campaigns.lease import DEFAULT_LEASE_SECONDS, CampaignLease, holding_open
 from flakebot.model import Commit, RunRequest, Verdict
-from flakebot.runids import campaign_run_id, instance_id
+from flakebot.executors.runids import campaign_run_id, instance_id
 from flakebot.store import Store
 
 

@@ -18,15 +18,15 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from flakebot import spdklog
-from flakebot.batch import run_at
-from flakebot.campaign import BisectCampaign, BisectParams, Progress as CampaignProgress, open_bisect
-from flakebot.cliutil import FlakebotGroup, InputError, config_from, executor_options, executor_overrides, guard
+from flakebot.evidence import spdklog
+from flakebot.campaigns.batch import run_at
+from flakebot.campaigns.bisect import BisectCampaign, BisectParams, Progress as CampaignProgress, open_bisect
+from flakebot.cli.common import FlakebotGroup, InputError, config_from, executor_options, executor_overrides, guard
 from flakebot.config import load_config
 from flakebot.model import OUTCOME_LABEL, OUTCOME_ORDER, fmt_outcomes
 from flakebot.report import write_reports
 from flakebot.report.table import Col, fitted
-from flakebot.wiring import (build_executor, check_tests, open_existing_store, open_history, open_store, poll_seconds,
+from flakebot.campaigns.wiring import (build_executor, check_tests, open_existing_store, open_history, open_store, poll_seconds,
                              resolve_commit)
 
 EXIT_OK, EXIT_INCONCLUSIVE = 0, 3
@@ -316,8 +316,8 @@ def demo(ctx, workdir, iterations, seed, as_json):
     brings back the #3322 hang; runs at an old commit and at the tip; nightly
     cycles along the history that notice the rise and bisect to the culprit,
     then, once the fix lands upstream, notice the fall; the HTML report."""
-    from flakebot.demo_repo import build_demo_repo
-    from flakebot.nightly import demo_nights
+    from flakebot.demo.repo import build_demo_repo
+    from flakebot.service.nightly import demo_nights
     from flakebot.reporters.outbox import deliver_result, reporters_from_config
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="flakebot-demo-"))
@@ -386,10 +386,10 @@ def demo(ctx, workdir, iterations, seed, as_json):
 
 
 # Commands kept in their own modules (they do not import this one).
-from flakebot.cli_report import report  # noqa: E402
-from flakebot.cli_service import nightly, serve, status  # noqa: E402
-from flakebot.cli_review import poll, verify  # noqa: E402
-from flakebot.cli_doctor import doctor  # noqa: E402
+from flakebot.cli.report import report  # noqa: E402
+from flakebot.cli.service import nightly, serve, status  # noqa: E402
+from flakebot.cli.review import poll, verify  # noqa: E402
+from flakebot.cli.doctor import doctor  # noqa: E402
 
 for _command in (report, nightly, serve, status, verify, poll, doctor):
     main.add_command(_command)

@@ -109,7 +109,7 @@ import os
 import re
 from typing import IO, Iterable, Iterator, Optional, Union
 
-from flakebot import spdklog_scan as _scan
+from flakebot.evidence import spdklog_scan as _scan
 from flakebot.model import DEFAULT_LIMIT_S, DEFAULT_SLOW_THRESHOLD_S, Outcome, Run, Shutdown
 
 __all__ = ["parse_lines", "parse_file", "parse_text", "NEEDLES", "RENAMED_TESTS"]

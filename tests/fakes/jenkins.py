@@ -1,6 +1,6 @@
 """A fake Jenkins: a real HTTP server on 127.0.0.1 speaking the REST subset that
 python-jenkins and :mod:`flakebot.executors.jenkins` use, whose agents run the
-simulated SPDK hosts of :mod:`flakebot.sim`.
+simulated SPDK hosts of :mod:`flakebot.demo.hosts`.
 
 What it serves (paths relative to the root URL)::
 
@@ -31,7 +31,7 @@ queued) takes them, then become "left" items with ``executable``
 and expire ``queue_expiry_s`` later (404); identical queued requests (same job,
 same parameters) are merged into one queue item; each agent runs one build at
 a time. Builds run a simulated host: the console comes from a console factory
-(default: :func:`flakebot.sim.console_lines` in Jenkins/Timestamper format) and
+(default: :func:`flakebot.demo.hosts.console_lines` in Jenkins/Timestamper format) and
 appears progressively on a time scale, ``time_scale`` real seconds per simulated
 minute (default 0.01: a 30-minute build takes 0.3 s). Durations (``duration``)
 are reported in simulated milliseconds, so host minutes stay meaningful.
@@ -49,7 +49,7 @@ the host script's ``flakebot: infra:`` line and end FAILURE, as exit 3 does.
     ...     url.startswith("http://127.0.0.1:")
     True
 
-Standalone: ``python -m flakebot.fakes.jenkins --port 8080 --agents 4``.
+Standalone: ``python -m tests.fakes.jenkins --port 8080 --agents 4``.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from flakebot.fakes._server import FakeHandler, serve, shutdown
+from tests.fakes._server import FakeHandler, serve, shutdown
 
 JENKINS_VERSION = "2.462.3"
 DEFAULT_JOB = "flakebot-vfio-user-restart"
@@ -99,11 +99,11 @@ def split_tests(value: str) -> list[str]:
 
 
 def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFactory:
-    """A console factory that runs :mod:`flakebot.sim` hosts.
+    """A console factory that runs :mod:`flakebot.demo.hosts` hosts.
 
     ``scenario`` gives the behaviour per (test, commit) (``scenario.behaviour``);
     without one every commit behaves the same (a small baseline flake rate).
-    Falls back to a tiny built-in generator when flakebot.sim is not importable.
+    Falls back to a tiny built-in generator when flakebot.demo.hosts is not importable.
     """
 
     def factory(params: dict) -> Iterator[str]:
@@ -114,8 +114,8 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
         key = _seed_key(run_id)  # the same logs whichever database asked
         seed = zlib.crc32(f"{key}/{commit}".encode())
         try:
-            from flakebot import sim
-        except ImportError:  # pragma: no cover - flakebot.sim missing
+            from flakebot.demo import hosts as sim
+        except ImportError:  # pragma: no cover - flakebot.demo.hosts missing
             for i, test in enumerate(tests):
                 yield from _fallback_console(test, iterations, seed + i)
             return
@@ -140,7 +140,7 @@ def sim_console_factory(scenario: Any = None, *, era: str = "2024") -> ConsoleFa
 
 def _seed_key(run_id: str) -> str:
     try:
-        from flakebot.runids import seed_key
+        from flakebot.executors.runids import seed_key
     except ImportError:  # pragma: no cover - standalone copy of the fake
         return run_id
     return seed_key(run_id)
@@ -148,7 +148,7 @@ def _seed_key(run_id: str) -> str:
 
 def _fallback_console(test: str, iterations: int, seed: int) -> Iterator[str]:
     """Minimal SPDK-shaped log (Jenkins Timestamper prefix), used only when
-    flakebot.sim is missing."""
+    flakebot.demo.hosts is missing."""
     import random
 
     rng = random.Random(seed)
@@ -1051,7 +1051,7 @@ class _Handler(FakeHandler):
 
 def _culprit_scenario(repo: str, good: str, bad: str, culprit: str,
                       before: tuple[float, float], after: tuple[float, float]) -> Any:
-    from flakebot import sim
+    from flakebot.demo import hosts as sim
     from flakebot.history import History
 
     h = History(repo)
@@ -1079,7 +1079,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m flakebot.fakes.jenkins",
+        prog="python -m tests.fakes.jenkins",
         description="A fake Jenkins on 127.0.0.1 whose agents run simulated SPDK hosts.")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--agents", type=int, default=4)
@@ -1111,7 +1111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif a.scenario == "tree":
         if not a.repo:
             p.error("--scenario tree needs --repo")
-        from flakebot import sim
+        from flakebot.demo import hosts as sim
 
         scenario = sim.Scenario.from_repo(a.repo, prone=sim.Behaviour(*a.after))
     elif a.scenario:

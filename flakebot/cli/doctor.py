@@ -1,6 +1,6 @@
-"""`flakebot doctor`: can this host test a commit? (flakebot/doctor.py; the
+"""`flakebot doctor`: can this host test a commit? (flakebot/executors/hostcheck.py; the
 checks are jobs/host-checks.sh's). Exit 0: it can; 1: it cannot (the table says
-what to fix); 2: bad input. Does not import flakebot.cli."""
+what to fix); 2: bad input. Does not import flakebot.cli.app."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,9 +8,9 @@ from typing import Optional
 import click
 from rich.console import Console
 
-from flakebot.cliutil import InputError, config_from, guard
-from flakebot.doctor import run_checks, table
-from flakebot.wiring import check_tests
+from flakebot.cli.common import InputError, config_from, guard
+from flakebot.executors.hostcheck import run_checks, table
+from flakebot.campaigns.wiring import check_tests
 
 
 @click.command("doctor")

@@ -17,7 +17,7 @@ What `flakebot poll`, `flakebot verify` and the service share:
   rendered and posted on the test's tracking issue.
 
 Nothing from a comment reaches a shell or a Jenkins parameter: campaigns are
-started only from a :class:`flakebot.commands.Command`, which holds validated
+started only from a :class:`flakebot.service.commands.Command`, which holds validated
 values (full SHAs, a known test name, an int).
 """
 from __future__ import annotations
@@ -26,16 +26,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
-from flakebot import commands as cmds
-from flakebot import render
-from flakebot.campaign import BisectParams, open_bisect
+from flakebot.service import commands as cmds
+from flakebot.report import comments as render
+from flakebot.campaigns.bisect import BisectParams, open_bisect
 from flakebot.config import Config
 from flakebot.history import HistoryError
-from flakebot.lease import LeaseHeld
+from flakebot.campaigns.lease import LeaseHeld
 from flakebot.model import Commit
 from flakebot.reporters import Reporter, outbox
 from flakebot.store import Store
-from flakebot.verify import VerifyCampaign, VerifyParams, find_by_command, open_verify
+from flakebot.campaigns.verify import VerifyCampaign, VerifyParams, find_by_command, open_verify
 
 log = logging.getLogger("flakebot.review")
 

@@ -1,7 +1,7 @@
 """`flakebot report`: what the store knows, in the terminal or as one HTML file.
 
-A standalone click command; `flakebot/cli.py` registers it with
-``main.add_command(report)``. It does not import `flakebot.cli` (no import
+A standalone click command; `flakebot/cli/app.py` registers it with
+``main.add_command(report)``. It does not import `flakebot.cli.app` (no import
 cycle): errors follow the same convention, one line on stderr and exit 2.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional
 import click
 from rich.console import Console
 
-from flakebot.cliutil import Fail, guard
+from flakebot.cli.common import Fail, guard
 from flakebot.config import load_config
 
 @click.command("report")
@@ -34,7 +34,7 @@ def report(ctx: click.Context, test: Optional[str], since: Optional[str], campai
     from flakebot.report.data import collect, parse_since
     from flakebot.report.html import write_report
     from flakebot.report.terminal import print_report
-    from flakebot.wiring import open_existing_store
+    from flakebot.campaigns.wiring import open_existing_store
 
     cfg = load_config((ctx.obj or {}).get("config_path"))
     if db:

@@ -3,10 +3,10 @@
 Standalone commands, registered on the main group in cli.py with
 ``main.add_command``; like the others they read the config path from
 ``ctx.obj["config_path"]``, fail on bad input with one line and exit 2, and
-do not import flakebot.cli.
+do not import flakebot.cli.app.
 
 - `flakebot verify --patch SHA [--parent SHA] --test T --iterations N`: a
-  verify campaign (flakebot.verify) run to its answer here. Exit 0 when the
+  verify campaign (flakebot.campaigns.verify) run to its answer here. Exit 0 when the
   patch clearly lowers or raises the failure rate, 3 when there is no clear
   difference. A by-hand verify posts nothing (it has no review thread).
 - `flakebot poll [--dry-run DIR|-]`: one pass of the Gerrit and GitHub
@@ -27,7 +27,7 @@ import sys
 
 import click
 
-from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
+from flakebot.cli.common import InputError, config_from, executor_options, executor_overrides, fmt_rate, guard
 
 EXIT_OK, EXIT_PLATFORM_FAILED, EXIT_INCONCLUSIVE = 0, 1, 3
 HEX = r"[0-9a-fA-F]{7,40}"
@@ -47,8 +47,8 @@ def verify(ctx, patch, parent, test, iterations, db, executor, command_, repo, s
     """Does PATCH lower (or raise) TEST's failure rate against its parent?
     Runs TEST N times on each and compares the two rates."""
     from flakebot.model import Commit
-    from flakebot.verify import VerifyCampaign, VerifyParams, open_verify
-    from flakebot.wiring import build_executor, check_tests, open_history, open_store, poll_seconds, \
+    from flakebot.campaigns.verify import VerifyCampaign, VerifyParams, open_verify
+    from flakebot.campaigns.wiring import build_executor, check_tests, open_history, open_store, poll_seconds, \
         resolve_commit
 
     cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
@@ -91,7 +91,7 @@ def verify(ctx, patch, parent, test, iterations, db, executor, command_, repo, s
 
 
 def print_verify_result(r: dict) -> None:
-    from flakebot.render import verify_summary
+    from flakebot.report.comments import verify_summary
 
     click.echo(f"verify {r['test']}: patch {r['patch'][:10]} vs parent {r['parent'][:10]}, "
                f"{r['iterations']} iterations each (campaign {r['campaign_id']})")
@@ -114,9 +114,9 @@ def print_verify_result(r: dict) -> None:
 def poll(ctx, dry_run, db, executor, command_, repo, seed, as_json):
     """One pass of the review-comment pollers: /flakebot commands on Gerrit
     and GitHub start their campaigns; verify commands are run and answered."""
-    from flakebot import review_service
+    from flakebot.service import review as review_service
     from flakebot.reporters import outbox
-    from flakebot.wiring import build_executor, open_history, open_store, poll_seconds
+    from flakebot.campaigns.wiring import build_executor, open_history, open_store, poll_seconds
 
     cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
     clients = review_service.clients_from_config(cfg)

@@ -8,14 +8,19 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from flakebot.cliutil import InputError
 from flakebot.config import Config, default_db_path
 from flakebot.executors import make_executor
 from flakebot.executors.base import Executor, ExecutorError
 from flakebot.history import History, HistoryError
 from flakebot.model import KNOWN_TESTS
-from flakebot.sim import Behaviour, Scenario
+from flakebot.demo.hosts import Behaviour, Scenario
 from flakebot.store import Store
+
+
+
+class InputError(Exception):
+    """Bad input from the command line or a config value (one line)."""
+
 
 FULL_SHA = re.compile(r"[0-9a-f]{40}")
 

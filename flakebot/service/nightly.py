@@ -44,16 +44,16 @@ import re
 
 from flakebot.analysis.detect import FALL, NONE, RISE, Detection, DetectSettings, Detector, Night, night_counts, \
     replay_detector
-from flakebot.campaign import BisectParams, open_bisect
+from flakebot.campaigns.bisect import BisectParams, open_bisect
 from flakebot.config import Config
 from flakebot.model import fmt_outcomes
 from flakebot.history import History, HistoryError
 from flakebot.store import Store
-from flakebot.runids import seed_key
-from flakebot.batch import Stopped, run_at
-from flakebot.wiring import poll_seconds
+from flakebot.executors.runids import seed_key
+from flakebot.campaigns.batch import Stopped, run_at
+from flakebot.campaigns.wiring import poll_seconds
 
-log = logging.getLogger("flakebot.nightly")
+log = logging.getLogger("flakebot.service.nightly")
 
 Notify = Callable[[dict], None]
 
@@ -346,8 +346,8 @@ def demo_nights(cfg: Config, store: Store, history: History, executor, demo, *, 
     "events": [rise/fall records]}; `say` gets one line per night and campaign."""
     from datetime import timedelta
 
-    from flakebot.campaign import BisectCampaign
-    from flakebot.wiring import poll_seconds
+    from flakebot.campaigns.bisect import BisectCampaign
+    from flakebot.campaigns.wiring import poll_seconds
 
     now = now or datetime.now(timezone.utc)
     shas = demo.shas

@@ -20,7 +20,7 @@ Endpoints (``/repos/{owner}/{repo}`` prefix): ``GET /commits/{sha}/pulls``,
     ...     gh.url.startswith("http://127.0.0.1:")
     True
 
-Standalone: ``python -m flakebot.fakes.github --port 8082``.
+Standalone: ``python -m tests.fakes.github --port 8082``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from flakebot.fakes._server import FakeHandler, FakeServer
+from tests.fakes._server import FakeHandler, FakeServer
 
 
 def _iso(dt: datetime) -> str:

@@ -19,7 +19,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-CHECKS = Path(__file__).resolve().parents[1] / "jobs" / "host-checks.sh"
+CHECKS = Path(__file__).resolve().parents[2] / "jobs" / "host-checks.sh"
 
 
 class DoctorError(ValueError):

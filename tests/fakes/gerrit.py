@@ -19,7 +19,7 @@ unknown operator or a malformed value is a 400 "bad query", as in Gerrit), ``GET
     ...     g.url.startswith("http://127.0.0.1:")
     True
 
-Standalone: ``python -m flakebot.fakes.gerrit --port 8081``.
+Standalone: ``python -m tests.fakes.gerrit --port 8081``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from flakebot.fakes._server import FakeHandler, FakeServer
+from tests.fakes._server import FakeHandler, FakeServer
 
 XSSI = ")]}'\n"
 

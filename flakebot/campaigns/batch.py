@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flakebot.analysis.summary import wait_stats
-from flakebot.dispatch import Dispatcher
+from flakebot.campaigns.dispatch import Dispatcher
 from flakebot.model import RunRequest
-from flakebot.runids import batch_run_id, instance_id
+from flakebot.executors.runids import batch_run_id, instance_id
 
 err = Console(stderr=True)
 

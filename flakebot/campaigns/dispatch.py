@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from flakebot import spdklog
+from flakebot.evidence import spdklog
 from flakebot.executors.base import Executor, ExecutorError
 from flakebot.model import BuildState, BuildStatus, Outcome, Run, RunRequest
 from flakebot.store import Store

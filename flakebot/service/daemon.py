@@ -58,17 +58,17 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from flakebot import review_service
-from flakebot.campaign import BisectCampaign
+from flakebot.service import review as review_service
+from flakebot.campaigns.bisect import BisectCampaign
 from flakebot.config import Config
-from flakebot.lease import LeaseHeld, LeaseLost, holding_open
-from flakebot.nightly import Notify, Stopped, nightly_cycle
+from flakebot.campaigns.lease import LeaseHeld, LeaseLost, holding_open
+from flakebot.service.nightly import Notify, Stopped, nightly_cycle
 from flakebot.report import write_reports
 from flakebot.reporters import outbox
-from flakebot.verify import VerifyCampaign
-from flakebot.wiring import build_executor, open_history, open_store, poll_seconds
+from flakebot.campaigns.verify import VerifyCampaign
+from flakebot.campaigns.wiring import build_executor, open_history, open_store, poll_seconds
 
-log = logging.getLogger("flakebot.service")
+log = logging.getLogger("flakebot.service.daemon")
 
 DRIVER_SECONDS = 60.0
 

@@ -3,7 +3,7 @@
 Standalone commands, registered on the main group in cli.py with
 ``main.add_command``; like the other commands they read the config path from
 ``ctx.obj["config_path"]`` (set by the group's --config). This module imports
-flakebot.cli only inside functions, so either module may be imported first.
+flakebot.cli.app only inside functions, so either module may be imported first.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Optional
 
 import click
 
-from flakebot.cliutil import InputError, config_from, executor_options, executor_overrides, guard
+from flakebot.cli.common import InputError, config_from, executor_options, executor_overrides, guard
 from rich.console import Console
 
 from flakebot.model import fmt_outcomes
@@ -27,7 +27,7 @@ def _guard(fn):
     @functools.wraps(fn)
     @guard
     def wrapper(*a, **kw):
-        from flakebot.service import ServiceLocked
+        from flakebot.service.daemon import ServiceLocked
         try:
             return fn(*a, **kw)
         except ServiceLocked as e:
@@ -59,9 +59,9 @@ def _common(fn, run_options: bool = True):
 def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
     """One nightly cycle now: fetch, run the tests at the branch tip, detect a
     rise or fall, open a bisection on a rise."""
-    from flakebot.campaign import BisectCampaign
-    from flakebot.nightly import describe, nightly_cycle
-    from flakebot.wiring import build_executor, open_history, open_store, poll_seconds
+    from flakebot.campaigns.bisect import BisectCampaign
+    from flakebot.service.nightly import describe, nightly_cycle
+    from flakebot.campaigns.wiring import build_executor, open_history, open_store, poll_seconds
 
     cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
     history = open_history(cfg)
@@ -96,8 +96,8 @@ def nightly(ctx, db, repo, executor, command_, seed, no_fetch, drive, as_json):
 def serve(ctx, db, repo, executor, command_, seed, verbose):
     """Run the service: the nightly cycle on its cron, the campaign driver and
     the review-comment poller. One per database; SIGTERM stops it cleanly."""
-    from flakebot.service import Service
-    from flakebot.wiring import open_history
+    from flakebot.service.daemon import Service
+    from flakebot.campaigns.wiring import open_history
 
     cfg = config_from(ctx, executor_overrides(db, executor, command_, repo, seed))
     open_history(cfg).close()  # no clone, no service: say so now, not at 02:30
@@ -117,11 +117,11 @@ def serve(ctx, db, repo, executor, command_, seed, verbose):
 def status_data(cfg, now: Optional[datetime] = None) -> dict:
     """What `flakebot status --json` prints."""
     from flakebot.analysis.posterior import posterior
-    from flakebot.campaign import BisectCampaign
-    from flakebot.nightly import events
-    from flakebot.service import InstanceLock, lock_path, next_fire_times, nightly_trigger, \
+    from flakebot.campaigns.bisect import BisectCampaign
+    from flakebot.service.nightly import events
+    from flakebot.service.daemon import InstanceLock, lock_path, next_fire_times, nightly_trigger, \
         DRIVER_SECONDS
-    from flakebot.wiring import open_existing_store, open_history
+    from flakebot.campaigns.wiring import open_existing_store, open_history
 
     now = now or datetime.now(timezone.utc)
     history = open_history(cfg, required=False)
@@ -178,7 +178,7 @@ def status_data(cfg, now: Optional[datetime] = None) -> dict:
 
 def _driver(store, campaign_id: int) -> Optional[dict]:
     """Who holds the campaign's lease (lease.py), expired or not; None if nobody."""
-    from flakebot.lease import holder
+    from flakebot.campaigns.lease import holder
 
     h = holder(store, campaign_id)
     return None if h is None else {"host": h.host, "pid": h.pid, "since": h.since, "expires": h.expires}
@@ -187,7 +187,7 @@ def _driver(store, campaign_id: int) -> Optional[dict]:
 def detector_status(store, cfg) -> dict:
     """The nightly detector per test: each class's CUSUM evidence against the
     threshold, and what tonight's runs would take to call a rise or a fall."""
-    from flakebot.nightly import detect_settings, detect_test
+    from flakebot.service.nightly import detect_settings, detect_test
 
     s = detect_settings(cfg)
     runs = cfg.nightly.iterations

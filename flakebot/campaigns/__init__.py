@@ -1,0 +1,1 @@
+"""Campaigns: dispatch of run requests, the bisection and verify loops, plain runs."""

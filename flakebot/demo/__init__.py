@@ -1,0 +1,1 @@
+"""The demo: simulated hosts (also the sim executor's) and a generated SPDK-like repository."""

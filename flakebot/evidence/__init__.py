@@ -1,0 +1,1 @@
+"""Evidence: console logs in, runs out (the one parser and its scanner)."""

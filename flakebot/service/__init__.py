@@ -1,0 +1,1 @@
+"""The service: the scheduler, nightly cycles, review commands and their answers."""
