@@ -11,8 +11,8 @@ evidence:
 A request is written to the store before it is submitted, so a process killed
 at any point can find it again (`resume`): the executor reattaches to it when
 it can (Jenkins; local, by the run id's pid file), otherwise the same request
-(same run_id) is submitted again;
-the store's ingestion is idempotent, so no finished run is counted twice.
+(same run_id, pinned to the same host: the pin is stored with the request) is
+submitted again; the store's ingestion is idempotent, so no finished run is counted twice.
 """
 from __future__ import annotations
 
@@ -128,7 +128,8 @@ class Dispatcher:
         resumed = 0
         for b in self.store.pending_builds(self.campaign_id):
             self.heartbeat()
-            request = RunRequest(b["run_id"], b["commit_sha"], tuple(b["tests"]), int(b["iterations"]))
+            request = RunRequest(b["run_id"], b["commit_sha"], tuple(b["tests"]), int(b["iterations"]),
+                                 host=b.get("pinned_host") or None)
             if any(f.request.run_id == request.run_id for f in self.in_flight):
                 continue
             handle = None
