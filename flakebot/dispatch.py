@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 from flakebot import spdklog
@@ -162,10 +162,14 @@ class Dispatcher:
                     self._note_progress(item, status)
                     continue
                 if _never_started(status) and item.resubmits < MAX_RESUBMITS:
-                    # Cancelled in the queue: nothing ran, nothing to count.
+                    # Cancelled in the queue: nothing ran, nothing to count. A
+                    # pinned request goes to any host now: its host may be why
+                    # it never started (gone, offline; it waits forever there).
                     item.resubmits += 1
+                    unpin = item.request.host is not None
+                    item.request = replace(item.request, host=None)
                     item.handle = self.executor.submit(item.request)
-                    self.store.update_build(item.build_id, status="queued", external_id=item.handle)
+                    self.store.update_build(item.build_id, status="queued", external_id=item.handle, unpin=unpin)
                     continue
                 done.append(self._ingest(item, status))
                 self.in_flight.remove(item)
