@@ -42,7 +42,7 @@ table; rows for 10% of commits scattered untestable and the oldest third
 untestable (an era boundary), with the culprit anywhere or at the boundary.
 
 Usage: .venv/bin/python benchmarks/bisect_bench.py [--trials 200] [--host-trials N] [--jobs 2]
-       [--untestable-trials N | --untestable-only]
+       [--untestable-trials N | --untestable-only] [--per-host-only] [--idle-fractions 0,0.5]
 """
 from __future__ import annotations
 
@@ -396,8 +396,10 @@ def main(argv=None):
 
     out = []
     out.append(f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bisect_bench.py'] + (argv or sys.argv[1:]))}`  ")
-    out.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {T} trials per cell "
-               f"(8-host tables: {HT}); seeds 0..{T - 1}; {elapsed / 60:.1f} min on {args.jobs} processes.\n")
+    trials = (f"{HT} trials per cell; seeds 0..{HT - 1}" if args.per_host_only
+              else f"{T} trials per cell (8-host tables: {HT}); seeds 0..{T - 1}")
+    out.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {trials}; "
+               f"{elapsed / 60:.1f} min on {args.jobs} processes.\n")
     hs = [i for i in HOST_SCENARIOS if i in idx and HT > 0]
     if args.per_host_only:
         print("\n".join(out + per_host_section(res, hs, fractions)))
