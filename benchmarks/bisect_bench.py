@@ -42,7 +42,7 @@ table; rows for 10% of commits scattered untestable and the oldest third
 untestable (an era boundary), with the culprit anywhere or at the boundary.
 
 Usage: .venv/bin/python benchmarks/bisect_bench.py [--trials 200] [--host-trials N] [--jobs 2]
-       [--untestable-trials N | --untestable-only]
+       [--untestable-trials N | --untestable-only] [--per-host-only] [--idle-fractions 0,0.5]
 """
 from __future__ import annotations
 
@@ -210,17 +210,19 @@ def eight_hosts(sc: Scenario, seed: int, hosts=8, build=10.0, run=2.0, iteration
         free += 1
 
 
-def per_host_builds(sc: Scenario, seed: int, hosts=8, build=10.0, run=2.0, keep=1, infra=0.03):
+def per_host_builds(sc: Scenario, seed: int, hosts=8, build=10.0, run=2.0, keep=1, infra=0.03, idle_fraction=None):
     """Event-driven, every host builds for itself and keeps its last `keep`
     builds (the host script builds in its own SPDK_DIR). The engine is told
     what each free host has built (step(hosts=...)); a request costs a build
     unless its host has the commit. Each iteration is lost to infra with
     probability `infra` (the host is gone: the rest of the request is lost
     too; those runs cost host time and count in the budget, never as evidence).
+    `idle_fraction`: EngineSettings.idle_fraction (None: the engine's default).
     Returns (right, runs incl. infra, host_hours, wall_hours, builds)."""
     rng = np.random.default_rng([seed, 2])
     k = draw_culprit(sc, rng)
-    st = settings_for(sc, "cold", seed, build_minutes=build, run_minutes=run)
+    kw = {} if idle_fraction is None else {"idle_fraction": idle_fraction}
+    st = settings_for(sc, "cold", seed, build_minutes=build, run_minutes=run, **kw)
     counts = np.zeros((sc.n + 1, 6), dtype=np.int64)
     have: list[list[int]] = [[] for _ in range(hosts)]
     busy = [False] * hosts
@@ -336,8 +338,8 @@ def _task1(args):
     if kind == "bayesect":
         from bayesect_baseline import bayesect_one_host
         return (kind, i, mode), bayesect_one_host(sc, seed)
-    if kind == "perhost":
-        return (kind, i, mode), per_host_builds(sc, seed)
+    if kind == "perhost":  # mode: the idle fraction, "cold" for the engine's default
+        return (kind, i, mode), per_host_builds(sc, seed, idle_fraction=None if mode == "cold" else float(mode))
     if kind == "eight":
         return (kind, i, mode), eight_hosts(sc, seed)
     return (kind, i, mode), reruns_bisect(sc, seed)
@@ -356,6 +358,10 @@ def main(argv=None):
     ap.add_argument("--untestable-trials", type=int, default=None,
                     help="trials per untestable-commit row (default: trials/4; 0 = skip)")
     ap.add_argument("--untestable-only", action="store_true", help="print only the untestable-commit table")
+    ap.add_argument("--per-host-only", action="store_true", help="print only the per-host-builds table")
+    ap.add_argument("--idle-fractions", type=str, default=None,
+                    help="per-host table: comma-separated EngineSettings.idle_fraction values to compare "
+                         "(default: the engine's default only)")
     args = ap.parse_args(argv)
     if args.untestable_only:
         print("\n".join(untestable_section(args.untestable_trials or max(1, args.trials // 4), args.jobs)))
@@ -363,15 +369,18 @@ def main(argv=None):
     T = args.trials
     HT = args.host_trials if args.host_trials is not None else max(1, T // 2)
     idx = range(len(SCENARIOS)) if args.only is None else [int(x) for x in args.only.split(",")]
+    fractions = ["cold"] if args.idle_fractions is None else [str(float(f)) for f in args.idle_fractions.split(",")]
     tasks = []
-    for i in idx:
+    for i in ([] if args.per_host_only else idx):
         for s in range(T):
             tasks += [("one", i, "cold", s), ("one", i, "nightly", s), ("bayesect", i, "-", s), ("fixed", i, "-", s)]
             if SCENARIOS[i].culprit != "none":
                 tasks.append(("one", i, "known", s))
     for i in HOST_SCENARIOS:
         if i in idx:
-            tasks += [("perhost", i, "cold", s) for s in range(HT)] + [("eight", i, "cold", s) for s in range(HT)]
+            tasks += [("perhost", i, f, s) for f in fractions for s in range(HT)]
+            if not args.per_host_only:
+                tasks += [("eight", i, "cold", s) for s in range(HT)]
     t0 = time.time()
     res: dict = {}
     with mp.Pool(args.jobs) as pool:
@@ -387,8 +396,14 @@ def main(argv=None):
 
     out = []
     out.append(f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bisect_bench.py'] + (argv or sys.argv[1:]))}`  ")
-    out.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {T} trials per cell "
-               f"(8-host tables: {HT}); seeds 0..{T - 1}; {elapsed / 60:.1f} min on {args.jobs} processes.\n")
+    trials = (f"{HT} trials per cell; seeds 0..{HT - 1}" if args.per_host_only
+              else f"{T} trials per cell (8-host tables: {HT}); seeds 0..{T - 1}")
+    out.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {trials}; "
+               f"{elapsed / 60:.1f} min on {args.jobs} processes.\n")
+    hs = [i for i in HOST_SCENARIOS if i in idx and HT > 0]
+    if args.per_host_only:
+        print("\n".join(out + per_host_section(res, hs, fractions)))
+        return
     out.append("### Runs to a 0.95 verdict, one host deciding run by run\n")
     out.append("cold: no history; nightly: the prior a nightly-opened campaign gets; known: told the true rates; "
                "git_bayesect: benchmarks/bayesect_baseline.py. Same seeds (same culprit per trial) in every column. "
@@ -429,23 +444,8 @@ def main(argv=None):
             out.append(f"| {SCENARIOS[i].name} | git_bayesect (no such hypothesis) | 0.00 "
                        f"| {_mean([x[0] == 'culprit' for x in r]):.2f} | {_mean([x[0] == 'inconclusive' for x in r]):.2f} "
                        f"| {_mean([x[3] for x in r]):.0f} |")
-    hs = [i for i in HOST_SCENARIOS if i in idx and HT > 0]
     if hs:
-        out.append("\n### 8 hosts, per-host builds (default model): build 10 min per host and commit, run 2 min, "
-                   "3% infra runs\n")
-        out.append("Each host keeps its last build; the engine knows what each free host has built. Cold start. "
-                   "Bounds: host_hours_bound (any method right with probability 0.95) and wall_bound (that bound "
-                   "over 8 hosts never idle).\n")
-        out.append("| scenario | host-hours | / bound | wall-clock h | / wall bound | runs (incl. infra) | builds "
-                   "| accuracy | host-hour bound | wall bound h |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
-        for i in hs:
-            e = res[("perhost", i, "cold")]
-            hh, wh = _mean([x[2] for x in e]), _mean([x[3] for x in e])
-            hb, wb = host_hours_bound(SCENARIOS[i]), wall_bound(SCENARIOS[i])
-            out.append(f"| {SCENARIOS[i].name} | {hh:.1f} | {hh / hb:.1f}x | {wh:.2f} | {wh / wb:.1f}x "
-                       f"| {_mean([x[1] for x in e]):.0f} | {_mean([x[4] for x in e]):.0f} | {_mean([x[0] for x in e]):.2f} "
-                       f"| {hb:.1f} | {wb:.2f} |")
+        out += per_host_section(res, hs, fractions)
         out.append("\n### 8 hosts, shared builds (a commit built once is built for every host), no infra\n")
         out.append("| scenario | engine host-hours mean | median | wall-clock h | runs | accuracy "
                    "| 10 reruns host-hours | 10 reruns accuracy | ratio | lower bound, any method |")
@@ -476,6 +476,29 @@ def main(argv=None):
     if ("error" in {k[0] for k in res}):
         out.append("\nErrors: " + "; ".join(str(v) for k, vs in res.items() if k[0] == "error" for v in vs))
     print("\n".join(out))
+
+
+def per_host_section(res: dict, hs: list[int], fractions: list[str]) -> list[str]:
+    """The per-host-builds table: one row per scenario and idle fraction."""
+    out = ["\n### 8 hosts, per-host builds (default model): build 10 min per host and commit, run 2 min, "
+           "3% infra runs\n",
+           "Each host keeps its last build; the engine knows what each free host has built. Cold start. "
+           "Bounds: host_hours_bound (any method right with probability 0.95) and wall_bound (that bound "
+           "over 8 hosts never idle). idle fraction: EngineSettings.idle_fraction (a host gets a request only "
+           "if its value per host-minute is at least this share of the best probe's value per run-minute).\n",
+           "| scenario | idle fraction | host-hours | / bound | wall-clock h | / wall bound | runs (incl. infra) "
+           "| builds | accuracy | host-hour bound | wall bound h |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i in hs:
+        for f in fractions:
+            e = res[("perhost", i, f)]
+            hh, wh = _mean([x[2] for x in e]), _mean([x[3] for x in e])
+            hb, wb = host_hours_bound(SCENARIOS[i]), wall_bound(SCENARIOS[i])
+            fname = f"{EngineSettings().idle_fraction:g} (default)" if f == "cold" else f"{float(f):g}"
+            out.append(f"| {SCENARIOS[i].name} | {fname} | {hh:.1f} | {hh / hb:.1f}x | {wh:.2f} | {wh / wb:.1f}x "
+                       f"| {_mean([x[1] for x in e]):.0f} | {_mean([x[4] for x in e]):.0f} "
+                       f"| {_mean([x[0] for x in e]):.2f} | {hb:.1f} | {wb:.2f} |")
+    return out
 
 
 # ---------------------------------------------------------------- untestable commits

@@ -43,7 +43,7 @@ import sqlite_utils
 
 from flakebot import model
 
-SCHEMA_VERSION = 4  # == len(MIGRATIONS)
+SCHEMA_VERSION = 5  # == len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000
 
 BUILD_STATUSES = ("submitted", "queued", "running", "done", "lost", "ingested")
@@ -268,7 +268,15 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
     db["comments"].create_index(["status", "id"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    """The host a request was pinned to (``RunRequest.host``), kept with its
+    build so a resumed campaign submits it to the same host again."""
+    if "pinned_host" not in {c.name for c in db["builds"].columns}:
+        db.execute("ALTER TABLE builds ADD COLUMN pinned_host TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4,
+                                                             _migrate_5]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -539,6 +547,7 @@ class Store:
                     "iterations": request.iterations,
                     "campaign_id": campaign_id,
                     "submitted_at": utcnow(self.clock),
+                    "pinned_host": request.host,
                 }
             )
             return db.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -554,11 +563,13 @@ class Store:
         rc: Optional[int] = None,
         host_minutes: Optional[float] = None,
         finished: bool = False,
+        unpin: bool = False,
     ) -> None:
         """Set the given fields (None leaves a field alone). ``status`` may be a
         string or a ``model.BuildState``. ``finished=True`` stamps finished_at
-        (once). An 'ingested' build never goes back to another status."""
-        updates: dict[str, Any] = {}
+        (once); ``unpin=True`` clears the request's pinned host (it is sent to
+        any host from now on). An 'ingested' build never goes back to another status."""
+        updates: dict[str, Any] = {"pinned_host": None} if unpin else {}
         if status is not None:
             status = _enum_value(status)
             if status not in BUILD_STATUSES:

@@ -149,3 +149,22 @@ def test_plan_hosts_deterministic_given_seed():
               iteration_options=(1, 2))
     assert plan_hosts(cold(64), PRIOR, rng=np.random.default_rng(5), **kw) == \
         plan_hosts(cold(64), PRIOR, rng=np.random.default_rng(5), **kw)
+
+
+def test_plan_hosts_idle_fraction_leaves_hosts_idle_rather_than_build_for_little():
+    # Eight hosts without builds: every request costs a build. Off (0) fills them
+    # all; a floor fills fewer, never none while nothing is in flight, and a
+    # host that has the best commit built still gets work.
+    kw = dict(in_flight=[], build_minutes=10, run_minutes=2, iteration_options=(1, 2, 4))
+    x = cold(64)
+    x[64] = (6, 2, 2)  # the bad end has failed: the search is on
+    full = plan_hosts(x, PRIOR, hosts=[set()] * 8, rng=np.random.default_rng(1), **kw)
+    some = plan_hosts(x, PRIOR, hosts=[set()] * 8, rng=np.random.default_rng(1), idle_fraction=0.5, **kw)
+    assert len(full) == 8 and 1 <= len(some) < 8
+    busy = plan_hosts(x, PRIOR, hosts=[set()] * 8, in_flight=[(32, 1)], build_minutes=10, run_minutes=2,
+                      rng=np.random.default_rng(1), idle_fraction=0.99)
+    assert busy == []  # no build is worth 99% of a free probe: all idle while one runs
+    best = some[0][0]
+    kept = plan_hosts(x, PRIOR, hosts=[{best}] + [set()] * 7, in_flight=[(32, 1)], build_minutes=10,
+                      run_minutes=2, rng=np.random.default_rng(1), idle_fraction=0.5, iteration_options=(1, 2, 4))
+    assert kept and kept[0][2] == 0

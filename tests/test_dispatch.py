@@ -97,6 +97,21 @@ def test_resume_reuses_the_request_and_ingests_once(tmp_path):
         assert store.builds()[0]["run_id"] == "r1"
 
 
+def test_resume_keeps_the_request_pinned_to_its_host(tmp_path):
+    with Store(tmp_path / "f.db") as store:
+        d = Dispatcher(store, SimExecutor(hosts=4), slow_threshold_s=60.0)
+        d.submit(RunRequest("r1", SHA, (TEST,), 2, host="sim-host-3"))
+        d.submit(RunRequest("r2", SHA, (TEST,), 2))
+        # the process dies here; a new one (no reattach in the sim) resubmits both
+        d2 = Dispatcher(store, SimExecutor(hosts=4), slow_threshold_s=60.0)
+        assert d2.resume() == 2
+        assert {f.request.run_id: f.request.host for f in d2.in_flight} == {"r1": "sim-host-3", "r2": None}
+        while d2.in_flight:
+            d2.collect(wait=True)
+        hosts = {b["run_id"]: b["host"] for b in store.builds()}
+        assert hosts["r1"] == "sim-host-3" and hosts["r2"] != "sim-host-3"
+
+
 class StrictSlowExecutor(SimExecutor):
     """Runs each request for `polls` polls. Answers LOST for any handle it did
     not issue (as a real backend would); with `moves`, the handle changes on

@@ -494,6 +494,36 @@ def test_bisect_with_faults_gives_the_same_verdict(tmp_path, e2e_repo):
         assert {r["outcome"] for r in runs if r["commit_sha"] in healthy} <= {"pass", "infra"}
 
 
+def test_bisect_goes_on_when_a_pinned_agent_disappears_before_its_build(tmp_path, e2e_repo):
+    """A real lab loses agents: the request pinned to one that vanished while
+    the request was queued is withdrawn and sent to any host; the search ends."""
+    from flakebot.campaign import BisectCampaign
+
+    fake, store, cid = _e2e(tmp_path, e2e_repo, 15)
+    with fake, store:
+        ex = make_ex(fake.url)
+        lost: dict = {}
+        real_submit = ex.submit
+
+        def submit(request):
+            if request.host is not None and not lost:
+                lost.update(run_id=request.run_id, host=request.host)
+                fake.lose_agent(request.host, after_iterations=0)  # gone before its build starts
+            return real_submit(request)
+
+        ex.submit = submit
+        result = BisectCampaign(store, ex, cid, poll_seconds=0.005).run()
+        assert lost, "the campaign never pinned a request"
+        assert (result["verdict"], result["culprit"]) == ("culprit", e2e_repo[1][15])
+        build = store.build_by_run_id(lost["run_id"])
+        assert build["status"] == "ingested" and build["host"] not in (None, lost["host"])
+        assert build["pinned_host"] is None  # a resume must not pin it to the lost agent again
+        assert not any(b.agent.name == lost["host"] for b in fake.jobs[DEFAULT_JOB].builds.values()
+                       if b.params["FLAKEBOT_RUN_ID"] == lost["run_id"])
+        withdrawn = [q for q in fake.queue.values() if q.params["FLAKEBOT_RUN_ID"] == lost["run_id"] and q.cancelled]
+        assert len(withdrawn) == 1 and lost["host"] in withdrawn[0].label
+
+
 @pytest.mark.parametrize("where", ["after-store", "before-store"])
 def test_killed_bot_reattaches_instead_of_rebuilding(tmp_path, e2e_repo, where):
     """A bot killed mid-campaign, started again (new executor), follows the

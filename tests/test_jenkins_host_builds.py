@@ -57,15 +57,42 @@ def test_pinned_request_runs_on_its_node_and_reuses_its_build():
         assert ex.parameters(RunRequest("r3", sha, (TEST,), 1, host="agent-3"))["LABEL"] == "vfio-user && agent-3"
 
 
-def test_pin_to_a_node_no_agent_has_stays_queued():
+@pytest.mark.parametrize("how", ["gone", "offline", "never-was"])
+def test_request_pinned_to_a_node_that_cannot_take_it_is_withdrawn(how):
+    """Jenkins would keep it queued forever ("There are no nodes with the
+    label ...", "All nodes of label ... are offline"): the executor cancels the
+    queue item and reports it lost before it started, so it is asked again."""
     fake = FakeJenkins(agents=2, time_scale=0.002)
     with fake as url:
         ex = JenkinsExecutor(url, fake.user, fake.token, poll_seconds=0.01)
-        h = ex.submit(RunRequest("r1", "b" * 40, (TEST,), 1, host="agent-9"))
-        time.sleep(0.2)
-        assert ex.poll(h).state is BuildState.QUEUED
-        assert sum(fake.compiles().values()) == 0
-        ex.cancel(h)
+        node = "agent-9" if how == "never-was" else "agent-2"
+        if how == "gone":
+            fake.lose_agent("agent-2", after_iterations=0)
+        elif how == "offline":
+            fake.set_online("agent-2", False)
+        h = ex.submit(RunRequest("r1", "b" * 40, (TEST,), 1, host=node))
+        st = wait_done(ex, h)  # after the quiet period, the queue item says why it waits
+        (q,) = fake.queue.values()
+        assert st.state is BuildState.LOST and st.queue_id == q.id and st.build_number is None
+        assert ("are offline" if how == "offline" else "There are no nodes") in st.reason
+        assert node in st.reason and q.cancelled
+        unpinned = wait_done(ex, ex.submit(RunRequest("r1", "b" * 40, (TEST,), 1)))
+        assert unpinned.state is BuildState.DONE and unpinned.host == "agent-1"
+        assert fake.compiles() == {"agent-1": 1, "agent-2": 0}
+
+
+def test_request_pinned_to_a_busy_node_waits_for_it():
+    fake = FakeJenkins(agents=2, time_scale=0.002)
+    with fake as url:
+        ex = JenkinsExecutor(url, fake.user, fake.token, poll_seconds=0.01)
+        first = ex.submit(RunRequest("r1", "c" * 40, (TEST,), 40, host="agent-2"))
+        second = ex.submit(RunRequest("r2", "c" * 40, (TEST,), 1, host="agent-2"))
+        while ex.poll(first).state is BuildState.QUEUED:
+            time.sleep(0.01)
+        st = ex.poll(second)
+        assert st.state is BuildState.QUEUED and "Waiting for next available executor" in st.reason
+        ex.cancel(second)
+        ex.cancel(ex.poll(first).external_id)
 
 
 def test_bisect_pins_runs_to_agents_that_have_the_commit_built(tmp_path, monkeypatch):

@@ -108,6 +108,7 @@ class EngineSettings:
     predecessor_threshold: float = 0.5     # probe c-1 first once P(c) >= this and c-1 has no runs
     tie_tol: float = 0.05
     rate_weight: float = 0.0               # value of learning the rates, relative to the culprit (planner)
+    idle_fraction: float = 0.0             # per-host builds: leave a host idle below this share of the best value (planner.plan_hosts)
     bad_end_runs: int = 10                 # learn the bad side first: up to this many runs at c_n ...
     bad_end_events: int = 2                # ... until it has shown this many near misses/failures
     top_k: int = 5
@@ -287,7 +288,7 @@ def step(counts, built: set[int], runs_used: int, host_minutes_used: float,
                   max_new_runs=max_new, post=post, skip=skip)
     slots: list[int] = []
     if hosts is not None:
-        placed = plan_hosts(x, prior, hosts=list(hosts)[:free_hosts], **common)
+        placed = plan_hosts(x, prior, hosts=list(hosts)[:free_hosts], idle_fraction=settings.idle_fraction, **common)
         reqs = [(j, m) for j, m, _ in placed]
         slots = [h for _, _, h in placed]
     else:

@@ -214,7 +214,7 @@ def plan_hosts(group_counts, prior: Prior, *, hosts: Sequence[Collection[int]], 
                iteration_options: Sequence[int] = (1,), commit_weights=None, tie_tol: float = 0.05,
                forced: Sequence[tuple[int, int]] = (), min_information: float = 1e-6, rate_weight: float = 0.0,
                max_new_runs: int | None = None, post: Posterior | None = None,
-               skip: Collection[int] = ()) -> list[tuple[int, int, int]]:
+               skip: Collection[int] = (), idle_fraction: float = 0.0) -> list[tuple[int, int, int]]:
     """`plan` for hosts that build for themselves: `hosts[h]` is the set of
     commits free host h has built; a request on h costs a build unless h has
     the commit. Returns (commit, iterations, h), at most one per free host.
@@ -225,6 +225,13 @@ def plan_hosts(group_counts, prior: Prior, *, hosts: Sequence[Collection[int]], 
     information pays for the build there. Forced requests go to a host that
     has their commit built when one is free. Runs in flight are pending
     information as in `plan` (a build in flight elsewhere does not help h).
+
+    `idle_fraction` > 0 leaves hosts idle: a host gets a request only if its
+    information per host-minute (build included) is at least that fraction
+    of the best information per run-minute any probe offers (the value of
+    the best probe were it built everywhere), since every new commit on a
+    host costs a build. With nothing in flight and nothing chosen yet the
+    best request is always sent (the search must go on).
     """
     x = np.asarray(group_counts, dtype=float)
     n = x.shape[0] - 1
@@ -265,6 +272,10 @@ def plan_hosts(group_counts, prior: Prior, *, hosts: Sequence[Collection[int]], 
                 best_score = max(best_score, float(score.max()))
         if not best_score > 0:
             break
+        if idle_fraction > 0 and (out or in_flight):
+            free_build = max(float((info / (m * run_minutes)).max()) for m, info in scored)
+            if best_score < idle_fraction * free_build:
+                break
         options = [(hs, int(j), m) for hs, m, score in table
                    for j in np.flatnonzero(score >= (1 - tie_tol) * best_score)]
         hs, j, m = options[int(rng.integers(len(options)))]

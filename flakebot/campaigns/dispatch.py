@@ -11,14 +11,14 @@ evidence:
 A request is written to the store before it is submitted, so a process killed
 at any point can find it again (`resume`): the executor reattaches to it when
 it can (Jenkins; local, by the run id's pid file), otherwise the same request
-(same run_id) is submitted again;
-the store's ingestion is idempotent, so no finished run is counted twice.
+(same run_id, pinned to the same host: the pin is stored with the request) is
+submitted again; the store's ingestion is idempotent, so no finished run is counted twice.
 """
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 from flakebot.evidence import spdklog
@@ -128,7 +128,8 @@ class Dispatcher:
         resumed = 0
         for b in self.store.pending_builds(self.campaign_id):
             self.heartbeat()
-            request = RunRequest(b["run_id"], b["commit_sha"], tuple(b["tests"]), int(b["iterations"]))
+            request = RunRequest(b["run_id"], b["commit_sha"], tuple(b["tests"]), int(b["iterations"]),
+                                 host=b.get("pinned_host") or None)
             if any(f.request.run_id == request.run_id for f in self.in_flight):
                 continue
             handle = None
@@ -161,10 +162,14 @@ class Dispatcher:
                     self._note_progress(item, status)
                     continue
                 if _never_started(status) and item.resubmits < MAX_RESUBMITS:
-                    # Cancelled in the queue: nothing ran, nothing to count.
+                    # Cancelled in the queue: nothing ran, nothing to count. A
+                    # pinned request goes to any host now: its host may be why
+                    # it never started (gone, offline; it waits forever there).
                     item.resubmits += 1
+                    unpin = item.request.host is not None
+                    item.request = replace(item.request, host=None)
                     item.handle = self.executor.submit(item.request)
-                    self.store.update_build(item.build_id, status="queued", external_id=item.handle)
+                    self.store.update_build(item.build_id, status="queued", external_id=item.handle, unpin=unpin)
                     continue
                 done.append(self._ingest(item, status))
                 self.in_flight.remove(item)

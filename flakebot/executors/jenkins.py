@@ -70,6 +70,10 @@ DEFAULT_LABEL = "vfio-user"
 # anything else that broke the build, so its status is not known.
 _RC = {"SUCCESS": 0, "UNSTABLE": 1}
 
+# A queue item's `why` when no online agent can ever take it (Jenkins core's
+# Queue.LabelHasNoNodes, CauseOfBlockage BecauseLabelIsOffline / BecauseNodeIsOffline).
+_NO_NODE_WHY_RE = re.compile(r"There are no nodes with the label|are offline|is offline")
+
 
 # ---------------------------------------------------------------------------
 # Handles
@@ -505,10 +509,30 @@ class JenkinsExecutor:
                                       queue_id=h.queue, reason=f"queue item {h.queue} {stranger}")
         exe = item.get("executable")
         if not exe or exe.get("number") is None:
-            return JenkinsBuildStatus(BuildState.QUEUED, external_id=h.encode(), queue_id=h.queue,
-                                      reason=item.get("why") or "")
+            why = item.get("why") or ""
+            gone = self._pin_gone(h, why)
+            if gone:  # it would wait forever: withdrawn, lost before it started, so asked again
+                return JenkinsBuildStatus(BuildState.LOST, external_id=Handle(h.job, h.run_id).encode(),
+                                          queue_id=h.queue, reason=gone)
+            return JenkinsBuildStatus(BuildState.QUEUED, external_id=h.encode(), queue_id=h.queue, reason=why)
         h.build = int(exe["number"])
         return None
+
+    def _pin_gone(self, h: Handle, why: str) -> Optional[str]:
+        """Why the queued request pinned to a node can never start there (the
+        node went offline or left Jenkins, which the queue item's ``why`` says
+        and the agent list confirms), after cancelling its queue item; None
+        while it can still start."""
+        request = self._requests.get(h.run_id or "")
+        if request is None or request.host is None or not _NO_NODE_WHY_RE.search(why):
+            return None
+        try:
+            if request.host in self.agents():
+                return None
+            self._call(f"cancel queue item {h.queue}", lambda: self._server.cancel_queue(h.queue))
+        except JenkinsUnavailable:
+            return None  # ask again at the next poll
+        return f"pinned host {request.host} is offline or gone (Jenkins: {why[:200]})"
 
     def _build_status(self, h: Handle) -> JenkinsBuildStatus:
         assert h.build is not None

@@ -454,12 +454,21 @@ class FakeJenkins:
         """An agent disappears after its current or next build has finished
         ``after_iterations`` iterations: the build ends FAILURE with a truncated
         log and a channel-closed message, and the agent is removed from
-        /computer. ``name`` None: the agent of the next build to start."""
+        /computer. ``name`` None: the agent of the next build to start.
+        ``after_iterations=0``: the agent is gone now (a build it runs is cut),
+        and what is queued for it alone waits as on Jenkins ("There are no
+        nodes with the label ...")."""
         with self.lock:
             if name is None:
                 self._lose_next.append(after_iterations)
                 return
             agent = self.agents[name]
+            if after_iterations <= 0:
+                if agent.build is not None:
+                    agent.build.cut_mode = "agent"
+                    self._cut(agent.build)
+                agent.removed, agent.online, agent.lose_after = True, False, None
+                return
             agent.lose_after = after_iterations
             if agent.build is not None and agent.build.cut_after is None:
                 agent.build.cut_after, agent.build.cut_mode = after_iterations, "agent"
@@ -562,9 +571,11 @@ class FakeJenkins:
     def _why(self, q: QueueItem) -> str:
         if time.time() - q.since < self.queue_delay_s:
             return "In the quiet period. Expires in 0 ms"
-        if not any(_label_matches(q.label, a) and a.online and not a.removed
-                   for a in self.agents.values()):
+        matching = [a for a in self.agents.values() if _label_matches(q.label, a) and not a.removed]
+        if not matching:
             return f"There are no nodes with the label \u2018{q.label}\u2019"
+        if not any(a.online for a in matching):
+            return f"All nodes of label \u2018{q.label}\u2019 are offline"
         return f"Waiting for next available executor on \u2018{q.label}\u2019"
 
     def _start_build(self, q: QueueItem, agent: Agent, now: float) -> None:
