@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flakebot import spdklog  # noqa: E402
+from flakebot.evidence import spdklog  # noqa: E402
 from flakebot.executors.jenkins import JenkinsExecutor  # noqa: E402
 from tests.fakes.jenkins import DEFAULT_JOB, FakeJenkins  # noqa: E402
 from flakebot.model import BuildState, RunRequest  # noqa: E402

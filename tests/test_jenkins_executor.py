@@ -497,7 +497,7 @@ def test_bisect_with_faults_gives_the_same_verdict(tmp_path, e2e_repo):
 def test_bisect_goes_on_when_a_pinned_agent_disappears_before_its_build(tmp_path, e2e_repo):
     """A real lab loses agents: the request pinned to one that vanished while
     the request was queued is withdrawn and sent to any host; the search ends."""
-    from flakebot.campaign import BisectCampaign
+    from flakebot.campaigns.bisect import BisectCampaign
 
     fake, store, cid = _e2e(tmp_path, e2e_repo, 15)
     with fake, store:
