@@ -484,6 +484,10 @@ def test_check_sudo_when_not_root(tmp_path):
     world = Path(tempfile.mkdtemp(prefix="flakebot-sudo-"))
     try:
         world.chmod(0o755)
+        # a copy of jobs/ the other user can read: the checkout may sit in a private
+        # directory (.ci/run copies it into a mode-700 mktemp -d)
+        jobs = world / "jobs"
+        shutil.copytree(CHECKS.parent, jobs)
         spdk, _ = make_fake_spdk(world)
         env = fake_env(world)
         for p in world.rglob("*"):
@@ -494,7 +498,8 @@ def test_check_sudo_when_not_root(tmp_path):
         works.write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n')
         for f in (nopass, works):
             f.chmod(0o755)
-        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(CHECKS), "--check", NVME]
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(jobs / CHECKS.name),
+                     "--check", NVME]
         base = dict(os.environ, **env, SPDK_DIR=str(spdk), HOME=str(world))
         p = subprocess.run(as_nobody, env=dict(base, FLAKEBOT_SUDO=str(nopass)), capture_output=True, text=True)
         assert p.returncode == 1 and p.stdout.startswith(f"flakebot: infra: root: not root, {nopass} -n fails"), \
