@@ -409,7 +409,7 @@ class Killed(Exception):
     pass
 
 
-def _e2e(tmp_path, e2e_repo, culprit_index, *, agents=4, db="e2e.db"):
+def _e2e(tmp_path, e2e_repo, culprit_index, *, agents=4, db="e2e.db", confidence=0.95):
     from flakebot.campaigns.bisect import BisectParams, open_bisect
     from flakebot.history import History
     from flakebot.demo.hosts import Behaviour, Scenario
@@ -421,7 +421,7 @@ def _e2e(tmp_path, e2e_repo, culprit_index, *, agents=4, db="e2e.db"):
     fake = make_fake(agents=agents, scenario=scenario, time_scale=0.001)
     store = Store(tmp_path / db)
     cid, _ = open_bisect(store, NVME, hist.commit(shas[0]), hist.first_parent_range(shas[0], shas[-1]),
-                         BisectParams(seed=3, max_runs=800))
+                         BisectParams(seed=3, max_runs=800, confidence=confidence))
     return fake, store, cid
 
 
@@ -465,7 +465,10 @@ def test_bisect_with_faults_gives_the_same_verdict(tmp_path, e2e_repo):
     from flakebot.campaigns.bisect import BisectCampaign
     from flakebot.model import Outcome
 
-    fake, store, cid = _e2e(tmp_path, e2e_repo, 15, agents=5)
+    # Faults change which runs happen when, so the path differs from run to run; at
+    # 0.95 a wrong culprit is allowed one time in twenty (seen under load). 0.999
+    # makes "the same verdict" a claim this test can hold every time.
+    fake, store, cid = _e2e(tmp_path, e2e_repo, 15, agents=5, confidence=0.999)
     with fake, store:
         ex = make_ex(fake.url)
         camp = BisectCampaign(store, ex, cid, poll_seconds=0.005)
