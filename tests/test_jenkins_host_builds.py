@@ -17,6 +17,7 @@ from tests.fakes.jenkins import FakeJenkins
 from flakebot.model import BuildState, RunRequest
 from flakebot.demo.hosts import Scenario
 from flakebot.store import Store
+from tests.test_cli_jenkins import jenkins_config
 
 TEST = "vfio_user_nvme_restart_vm"
 
@@ -100,10 +101,7 @@ def test_bisect_pins_runs_to_agents_that_have_the_commit_built(tmp_path, monkeyp
     monkeypatch.delenv("FLAKEBOT_CONFIG", raising=False)
     fake = FakeJenkins(agents=4, time_scale=0.02, scenario=Scenario.from_repo(str(demo.path)))
     with fake as url:
-        cfg = tmp_path / "flakebot.toml"
-        cfg.write_text(f'[executor]\nname = "jenkins"\n[jenkins]\nurl = "{url}"\nuser = "{fake.user}"\n'
-                       f'token_env = "TEST_JENKINS_TOKEN"\npoll_seconds = 0.02\n')
-        monkeypatch.setenv("TEST_JENKINS_TOKEN", fake.token)
+        cfg = jenkins_config(tmp_path, fake, url, monkeypatch)
         db = tmp_path / "f.db"
         r = CliRunner().invoke(main, ["--config", str(cfg), "bisect", "--good", demo.good, "--bad", demo.tip,
                                       "--test", TEST, "--repo", str(demo.path), "--db", str(db), "--json"],
