@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -253,7 +253,6 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
         if_not_exists=True,
     )
     db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('instance_id', ?)", [secrets.token_hex(6)])
-
 
 
 def _migrate_4(db: sqlite_utils.Database) -> None:
@@ -986,8 +985,6 @@ class Store:
             False
             >>> s.close()
         """
-        from datetime import timedelta
-
         now_dt = self.clock() if self.clock else datetime.now(timezone.utc)
         now = utcnow(lambda: now_dt)
         until = utcnow(lambda: now_dt + timedelta(seconds=seconds))

@@ -1,6 +1,6 @@
 """`flakebot verify` and `flakebot poll` (click commands).
 
-Standalone commands, registered on the main group in cli.py with
+Standalone commands, registered on the main group in cli/app.py with
 ``main.add_command``; like the others they read the config path from
 ``ctx.obj["config_path"]``, fail on bad input with one line and exit 2, and
 do not import flakebot.cli.app.

@@ -1,6 +1,6 @@
 """`flakebot nightly`, `flakebot serve`, `flakebot status` (click commands).
 
-Standalone commands, registered on the main group in cli.py with
+Standalone commands, registered on the main group in cli/app.py with
 ``main.add_command``; like the other commands they read the config path from
 ``ctx.obj["config_path"]`` (set by the group's --config). This module imports
 flakebot.cli.app only inside functions, so either module may be imported first.
@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 from typing import Optional
 
 import click
-
-from flakebot.cli.common import InputError, config_from, executor_options, executor_overrides, guard
 from rich.console import Console
 
+from flakebot.cli.common import InputError, config_from, executor_options, executor_overrides, guard
 from flakebot.model import fmt_outcomes
 from flakebot.report.table import Col, fitted
 
+
 def _guard(fn):
-    """cliutil.guard, and a second service on the same database is bad input too."""
+    """common.guard, and a second service on the same database is bad input too."""
     @functools.wraps(fn)
     @guard
     def wrapper(*a, **kw):
@@ -209,6 +209,7 @@ def _print_detector(d: dict) -> None:
         click.echo("detector: no nights yet")
         return
     n, eff = d["runs_a_night"], d["min_effect"]
+    console = Console(soft_wrap=True)
     click.echo(f"detector: CUSUM per class, alarm at h = {d['threshold']:.2f}\n"
                f"  ({d['false_alarms_per_year']:g} false alarms per test per year, {n} runs a night);\n"
                f"  rise, fall: evidence so far; at: tonight's count (or clean nights) to call it;\n"
@@ -229,9 +230,8 @@ def _print_detector(d: dict) -> None:
                 _nights(v["fall_delay_nights"]) if falls else "-",
             ])
         since = (t["segment_start"] or "")[:10]
-        Console(soft_wrap=True).print(fitted(
-            f"{t['test']}: {t['nights']} nights" + (f", segment since {since}" if since else ""), cols, rows,
-            Console().width))
+        console.print(fitted(f"{t['test']}: {t['nights']} nights" + (f", segment since {since}" if since else ""),
+                             cols, rows, console.width))
 
 
 _CLASS_WORDS = {"near": "near miss"}  # the detector's class names, in the words of the tables
@@ -265,8 +265,9 @@ def pending_deliveries(store, limit: int = 20) -> dict:
     """Comments not posted (yet): queued ones (retried on every pass) and failed
     ones (given up), each with its last error; the oldest ``limit`` of each."""
     out: dict = {}
+    pending = store.queued_comments(include_failed=True)  # one query for both lists
     for status in ("queued", "failed"):
-        rows = [r for r in store.queued_comments(include_failed=True) if r["status"] == status]
+        rows = [r for r in pending if r["status"] == status]
         out[status] = len(rows)
         out[f"{status}_items"] = [{"key": r["key"], "target": r["target"], "attempts": r["attempts"],
                                    "last_error": r["last_error"], "since": r["created_at"],
